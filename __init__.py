@@ -1,0 +1,20 @@
+"""DMD2 for ComfyUI and A1111 / Forge.
+
+ComfyUI imports this file as the pack's entry point. Everywhere else (plain Python, pytest, A1111, which ignores
+it) it must import cleanly and do nothing, so the ComfyUI nodes are loaded only when ComfyUI itself is running.
+Inside ComfyUI this package is imported under its folder's name, so `.sampler` and `.nodes` below can never be
+confused with ComfyUI's own top-level `nodes` module or another pack's `sampler`.
+"""
+
+import sys
+
+
+def _inside_comfyui() -> bool:
+    # ComfyUI has imported its node registry and model folders before it loads any custom node pack.
+    return "folder_paths" in sys.modules and "comfy.samplers" in sys.modules
+
+
+if _inside_comfyui():
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+    __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
