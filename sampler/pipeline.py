@@ -1,0 +1,83 @@
+"""Standalone DMD2 text-to-image with diffusers components and our sampler (no ComfyUI or A1111).
+
+Text encoders and VAE come from SDXL base 1.0; the UNet is the DMD2 UNet, or SDXL base's own UNet with the DMD2
+LoRA fused in. diffusers is imported lazily so the rest of the core stays torch-only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .denoiser import DiffusersDenoiser
+from .noise import SeededNoise
+from .sampling import sample_dmd2
+from .schedule import sigmas_for_timesteps
+
+VAE_DOWNSCALE = 8
+
+
+def pick_device_and_dtype(device: str | None = None, dtype: str | None = None) -> tuple[torch.device, torch.dtype]:
+    """CUDA with fp16 when available, else CPU with fp32 (CPU half precision is slow and poorly supported)."""
+    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype is None:
+        return chosen, torch.float16 if chosen.type == "cuda" else torch.float32
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    if dtype not in dtypes:
+        raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
+    return chosen, dtypes[dtype]
+
+
+def check_size(width: int, height: int) -> None:
+    """SD-family UNets need both sides divisible by 8 * 2**downsamplings; 64 covers SD1.5 and SDXL."""
+    for name, value in (("width", width), ("height", height)):
+        if value < 64 or value % 64:
+            raise ValueError(f"{name} must be a multiple of 64 and at least 64, got {value}")
+
+
+def sdxl_conditioning(pipe: Any, prompts: Sequence[str], width: int, height: int) -> dict[str, Any]:
+    """UNet conditioning for SDXL without classifier-free guidance (DMD2 uses none).
+
+    Micro-conditioning time_ids are (H, W, 0, 0, H, W): original size = target size, no crop, as DMD2 trained.
+    """
+    device = pipe.unet.device
+    prompt_embeds, _, pooled, _ = pipe.encode_prompt(list(prompts), device=device, do_classifier_free_guidance=False)
+    time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=prompt_embeds.dtype, device=device)
+    return {"encoder_hidden_states": prompt_embeds,
+            "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids.repeat(len(prompts), 1)}}
+
+
+def generate_latents(unet: torch.nn.Module, cond: dict[str, Any], timesteps: Sequence[int], seeds: Sequence[int],
+                     width: int, height: int, callback: Callable[[dict[str, Any]], None] | None = None,
+                     progress: bool = True) -> torch.Tensor:
+    """Run DMD2 on `timesteps` from seeded unit-variance noise; one seed per image. Returns float32 latents."""
+    check_size(width, height)
+    device = unet.device
+    noise = SeededNoise(seeds, (unet.config.in_channels, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE), device)
+    sigmas = sigmas_for_timesteps(timesteps).to(device, torch.float32)
+    return sample_dmd2(DiffusersDenoiser(unet), noise.draw() * sigmas[0], sigmas, extra_args=cond,
+                       callback=callback, disable=not progress, noise_sampler=noise, pure_noise=True)
+
+
+@torch.no_grad()
+def decode_to_images(vae: torch.nn.Module, latents: torch.Tensor) -> list:
+    """Decode latents to PIL images. The stock SDXL VAE overflows in fp16, so it decodes in fp32 when it says so."""
+    from PIL import Image
+
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae = vae.to(torch.float32)
+    pixels = vae.decode((latents / vae.config.scaling_factor).to(vae.device, vae.dtype), return_dict=False)[0]
+    pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(p) for p in pixels]
+
+
+def save_images(images: Sequence, output: Path) -> list[Path]:
+    """Save one image to `output`, or a batch as output-0.png, output-1.png, ...; creates the folder."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    paths = [output] if len(images) == 1 else [output.with_name(f"{output.stem}-{i}{output.suffix}")
+                                               for i in range(len(images))]
+    for image, path in zip(images, paths):
+        image.save(path)
+    return paths

@@ -1,0 +1,67 @@
+"""The standalone path against diffusers' own SDXL pipeline, on a tiny SDXL-shaped pipeline built offline."""
+
+import pytest
+import torch
+
+from sampler import TRAINED_TIMESTEPS, timesteps_for
+from sampler.pipeline import decode_to_images, generate_latents, pick_device_and_dtype, save_images, sdxl_conditioning
+from tiny_sdxl import tiny_sdxl_pipeline
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    return tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny_sdxl"))
+
+
+def diffusers_reference(pipe, prompt, timesteps, seed):
+    """diffusers' StableDiffusionXLPipeline with LCMScheduler on explicit timesteps and no guidance."""
+    return pipe(prompt, timesteps=list(timesteps), guidance_scale=0.0, height=SIZE, width=SIZE,
+                generator=torch.Generator().manual_seed(seed), output_type="latent").images
+
+
+@pytest.mark.parametrize("plan", ["sdxl_4step", "sdxl_1step"])
+def test_standalone_path_matches_diffusers_sdxl_pipeline(pipe, plan):
+    timesteps = TRAINED_TIMESTEPS[plan]
+    cond = sdxl_conditioning(pipe, ["a red cat"], SIZE, SIZE)
+    ours = generate_latents(pipe.unet, cond, timesteps, [5], SIZE, SIZE, progress=False)
+    expected = diffusers_reference(pipe, "a red cat", timesteps, 5)
+    # diffusers hands the UNet its start noise unscaled (LCM's init_noise_sigma is 1): unit variance at any first
+    # timestep, also 399, so this also pins our first-step noise scale.
+    torch.testing.assert_close(ours, expected, atol=2e-4, rtol=1e-4)
+
+
+def test_conditioning_uses_dmd2_micro_conditioning(pipe):
+    cond = sdxl_conditioning(pipe, ["a", "b"], 128, 64)
+    assert cond["added_cond_kwargs"]["time_ids"].tolist() == [[64, 128, 0, 0, 64, 128]] * 2
+    assert cond["encoder_hidden_states"].shape[0] == 2
+
+
+def test_batch_image_equals_single_seed(pipe):
+    cond = sdxl_conditioning(pipe, ["a cat", "a cat"], SIZE, SIZE)
+    batch = generate_latents(pipe.unet, cond, timesteps_for(2), [3, 4], SIZE, SIZE, progress=False)
+    single = generate_latents(pipe.unet, sdxl_conditioning(pipe, ["a cat"], SIZE, SIZE), timesteps_for(2), [4],
+                              SIZE, SIZE, progress=False)
+    torch.testing.assert_close(batch[1:], single, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_and_save(pipe, tmp_path):
+    latents = torch.randn(2, 4, SIZE // 8, SIZE // 8)
+    images = decode_to_images(pipe.vae, latents)
+    assert [im.size for im in images] == [(SIZE, SIZE)] * 2
+    paths = save_images(images, tmp_path / "out" / "img.png")
+    assert [p.name for p in paths] == ["img-0.png", "img-1.png"] and all(p.exists() for p in paths)
+
+
+@pytest.mark.parametrize("width,height", [(63, 64), (64, 0), (100, 64)])
+def test_bad_size(pipe, width, height):
+    with pytest.raises(ValueError, match="multiple of 64"):
+        generate_latents(pipe.unet, {}, (999,), [0], width, height)
+
+
+def test_device_and_dtype_choice():
+    assert pick_device_and_dtype("cpu") == (torch.device("cpu"), torch.float32)
+    assert pick_device_and_dtype("cpu", "bf16") == (torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        pick_device_and_dtype("cpu", "fp8")
