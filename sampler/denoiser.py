@@ -26,7 +26,7 @@ class DiffusersDenoiser:
             raise ValueError(f"conditioning has batch size {encoder_hidden_states.shape[0]} but the latent has "
                              f"{x.shape[0]}: give one prompt embedding per latent")
         sigma = sigma.to(torch.float32).reshape(-1, *([1] * (x.ndim - 1)))
-        timestep = sigma_to_timestep(sigma.flatten().cpu(), self.sigma_table, quantize=True)
+        timestep = sigma_to_timestep(sigma.flatten().cpu(), self.sigma_table, quantize=True).long()
         dtype = next(self.unet.parameters()).dtype
         x_in = (x / (1.0 + sigma**2).sqrt()).to(dtype)
         eps = self.unet(x_in, timestep.to(x.device), encoder_hidden_states=encoder_hidden_states.to(dtype),

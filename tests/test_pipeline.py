@@ -5,7 +5,7 @@ import torch
 
 from sampler import TRAINED_TIMESTEPS, timesteps_for
 from sampler.pipeline import decode_to_images, generate_latents, pick_device_and_dtype, save_images, sdxl_conditioning
-from tiny_sdxl import tiny_sdxl_pipeline
+from sampler.tiny import tiny_sdxl_pipeline
 
 SIZE = 64
 

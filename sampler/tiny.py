@@ -1,0 +1,87 @@
+"""Real diffusers architectures at toy widths with random weights.
+
+Tests, benchmarks and smoke runs use them to exercise the exact code paths of SD1.5 / SDXL models offline and in
+seconds on a CPU. Their images are noise: they check arithmetic, not quality.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.12) -> torch.nn.Module:
+    """Give every parameter random values large enough that an off-by-one timestep visibly changes the output
+    (diffusers zero-initialises some layers, and small weights mute the timestep embedding)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return module.eval()
+
+
+def tiny_sd15_unet(seed: int = 0, widths: tuple[int, ...] = (32, 64)) -> torch.nn.Module:
+    """SD1.5-shaped (epsilon, cross-attention 16) UNet2DConditionModel."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=widths,
+        down_block_types=("CrossAttnDownBlock2D",) + ("DownBlock2D",) * (len(widths) - 1),
+        up_block_types=("UpBlock2D",) * (len(widths) - 1) + ("CrossAttnUpBlock2D",),
+        cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8,
+    )
+    return randomize_(unet, seed)
+
+
+def tiny_sdxl_unet(seed: int = 1) -> torch.nn.Module:
+    """SDXL-shaped UNet: text_time added conditioning (12-dim pooled text + 6 micro-conditioning ids)."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8, transformer_layers_per_block=1,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=8 * 6 + 12,
+    )
+    return randomize_(unet, seed)
+
+
+def tiny_clip_tokenizer(folder: Path):
+    """A real CLIPTokenizer over a vocabulary of single letters (no merges), written to `folder`."""
+    from transformers import CLIPTokenizer
+
+    letters = list(string.ascii_lowercase)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in letters + [c + "</w>" for c in letters]:
+        vocab[token] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+
+
+def tiny_sdxl_pipeline(folder: Path):
+    """StableDiffusionXLPipeline whose two text encoders (8 + 8 dims) feed the tiny SDXL UNet; `folder` holds the
+    tokenizer files."""
+    from diffusers import AutoencoderKL, LCMScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def text_config(projection_dim):
+        return CLIPTextConfig(vocab_size=54, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+                              num_attention_heads=2, max_position_embeddings=16, projection_dim=projection_dim,
+                              bos_token_id=0, eos_token_id=1, pad_token_id=1)
+
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        norm_num_groups=4, layers_per_block=1, sample_size=64)
+    return StableDiffusionXLPipeline(
+        vae=randomize_(vae, seed=3, scale=0.1),
+        text_encoder=randomize_(CLIPTextModel(text_config(8)), seed=4, scale=0.3),
+        text_encoder_2=randomize_(CLIPTextModelWithProjection(text_config(12)), seed=5, scale=0.3),
+        tokenizer=tiny_clip_tokenizer(folder / "tokenizer"), tokenizer_2=tiny_clip_tokenizer(folder / "tokenizer_2"),
+        unet=tiny_sdxl_unet(),
+        scheduler=LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+    )
