@@ -221,7 +221,10 @@ def _match_entry(catalog: Catalog, kind: str, base: str | None, name: str | None
         entry = catalog.by_sha256(sha256)
         if entry:
             return entry, "sha256"
-    agrees = (lambda e: e.kind == kind and (base is None or e.base == base))
+
+    def agrees(e: Entry) -> bool:  # a name or stamp never turns an SD1.5 UNet into an SDXL DMD2 entry
+        return e.kind == kind and (base is None or e.base == base)
+
     if metadata.get("dmd2_catalog_id") in catalog.ids:
         entry = catalog.get(metadata["dmd2_catalog_id"])
         if agrees(entry):

@@ -136,7 +136,8 @@ def _download(args: argparse.Namespace) -> int:
     if any(e.license == "cc-by-nc-4.0" for e in entries):
         print("note: the DMD2 weights are licensed cc-by-nc-4.0 (non-commercial use only)")
     if failed:
-        print(f"{len(failed)} of {len(entries)} failed: {', '.join(failed)}; run the same command again to retry (downloads resume)")
+        print(f"{len(failed)} of {len(entries)} failed: {', '.join(failed)}; run the same command again to retry "
+              f"(downloads resume)")
         return 1
     print(f"all {len(entries)} files verified in {models_dir}")
     return 0
@@ -144,7 +145,8 @@ def _download(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     models_dir, catalog = _models_dir(args), load_catalog()
-    entries = _select(catalog, args.ids) or [e for e in catalog if _path(e, models_dir).exists()]
+    on_disk = [e for e in catalog if _path(e, models_dir).exists()]
+    entries = _select(catalog, args.ids) or on_disk
     if not entries:
         print(f"no catalog files in {models_dir}")
         return 0

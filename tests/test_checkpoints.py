@@ -164,8 +164,8 @@ def test_name_fallback_for_renamed_dmd2_files(sdxl_unet):
     info = inspect_state_dict(sdxl_unet.state_dict(), name="DMD2-SDXL-1step.safetensors", catalog=CATALOG)
     assert info.entry.plan == "sdxl_1step" and info.trained_timesteps == (399,)
     # A name that says DMD2 does not make an SD1.5 UNet an SDXL DMD2 entry.
-    assert inspect_state_dict({k: meta(*s) for k, s in LDM_SD15_UNET.items()}, name="dmd2_sdxl_4step_unet_fp16.safetensors",
-                              catalog=CATALOG).entry is None
+    sd15 = {k: meta(*s) for k, s in LDM_SD15_UNET.items()}
+    assert inspect_state_dict(sd15, name="dmd2_sdxl_4step_unet_fp16.safetensors", catalog=CATALOG).entry is None
 
 
 def test_truncated_safetensors(tmp_path):
@@ -217,15 +217,21 @@ def test_pickle_state_dict_loads_weights_only(tmp_path):
         load_state_dict(path)
 
 
-@pytest.mark.parametrize("have,want,match", [
-    ("checkpoint", "unet", "full checkpoint .*Load Checkpoint"),
-    ("unet", "checkpoint", "UNet only.*Load Diffusion Model.*sdxl-base-1.0"),
-    ("lora", "unet", "LoRA.*LoraLoader"),
+SDXL_CHECKPOINT = {**prefixed(LDM_SDXL_UNET, "model.diffusion_model."),
+                   "conditioner.embedders.1.model.text_projection": (1280, 1280)}
+SDXL_LORA = {"lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": (64, 2048)}
+
+
+@pytest.mark.parametrize("keys,want,match", [
+    (SDXL_CHECKPOINT, "unet", "full checkpoint .*Load Checkpoint"),
+    (LDM_SDXL_UNET, "checkpoint", "UNet only.*Load Diffusion Model.*sdxl-base-1.0.*A1111 cannot"),
+    (SDXL_LORA, "unet", "LoRA.*LoraLoader"),
+    ({"something.else": (3,)}, "unet", "not a model file this pack recognises"),
 ])
-def test_wrong_kind_explains_what_to_use(have, want, match):
-    info = inspect_state_dict({}, catalog=CATALOG)
+def test_wrong_kind_explains_what_to_use(keys, want, match):
+    info = inspect_state_dict({k: meta(*s) for k, s in keys.items()}, name="x.safetensors", catalog=CATALOG)
     with pytest.raises(WrongKindError, match=match):
-        check_compatible(replace(info, kind=have, base="sdxl", name="x.safetensors"), want)
+        check_compatible(info, want)
 
 
 def test_wrong_base(sd15_unet, sdxl_unet):
