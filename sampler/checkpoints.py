@@ -59,12 +59,6 @@ class FileInfo:
         """Trained timesteps of a recognised DMD2 file, None otherwise (the host's own schedule then applies)."""
         return self.entry.trained_timesteps if self.entry else None
 
-    def describe(self) -> str:
-        """Short human description, e.g. "SDXL UNet (diffusers keys)"."""
-        base = BASE_LABELS.get(self.base or "", "unknown-base")
-        kind = {"unet": "UNet", "checkpoint": "full checkpoint", "lora": "LoRA", "vae": "VAE", "taesd": "TAESD decoder"}
-        return f"{base} {kind.get(self.kind, 'unrecognised file')} ({self.format} keys)"
-
 
 @dataclass(frozen=True)
 class ResolvedModel:

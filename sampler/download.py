@@ -3,9 +3,8 @@
 A file only ever appears under its final name after its sha256 matched the catalog: huggingface_hub's HTTP client
 fetches it into a hidden staging folder next to it (resumable across runs: an interrupted download continues from
 its .part file; hf_hub_download itself discards partial files on failure), we hash it, and rename it into place
-(atomic on the same filesystem). A mismatch deletes the staged file. Nothing
-here touches the network at import time; offline mode and network failures end in an OfflineError that says where
-to put the file by hand.
+(atomic on the same filesystem). A mismatch deletes the staged file. Nothing here touches the network at import
+time; offline mode and network failures end in an OfflineError that says where to put the file by hand.
 """
 
 from __future__ import annotations
