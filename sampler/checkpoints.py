@@ -1,0 +1,362 @@
+"""Safe loading and inspection of checkpoint files, and turning a model spec (catalog id or path) into a file.
+
+Loading never runs code from a file: safetensors first; pickle files (.bin, .pt, .pth, .ckpt) only through
+torch.load(weights_only=True), which refuses any pickle that asks to call a function. What a file is (UNet in
+diffusers or LDM layout, full checkpoint, LoRA in kohya / PEFT / diffusers layout, VAE, TAESD) and which base it is
+for (SD1.5 or SDXL) is read from key names and tensor shapes, from the safetensors header alone where possible,
+so a 10 GB file is inspected without loading it. Released DMD2 files are recognised (by sha256, else by name) so
+hosts can apply their trained timesteps automatically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .catalog import PICKLE_SUFFIXES, Catalog, Entry, load_catalog
+from .download import ProgressCallback, cached_sha256, check_disk_space, fetch_entry, file_sha256
+from .errors import (BaseMismatchError, CorruptFileError, ModelNotFoundError, UnsafeFileError, UnknownModelError,
+                     WrongKindError)
+
+BASE_LABELS = {"sdxl": "SDXL", "sd15": "SD1.5"}
+#: Text-encoder width each base uses for cross-attention (the in-features of every attn2.to_k).
+_CROSS_ATTENTION_DIM = {2048: "sdxl", 768: "sd15"}
+_LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.", "_lora.down.",
+                 "_lora.up.")
+_MAX_HEADER = 100 << 20
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What a checkpoint holds, read from its keys and shapes.
+
+    kind: "unet", "checkpoint" (UNet + text encoders + VAE), "lora", "vae", "taesd" or "unknown".
+    base: "sdxl", "sd15" or None when the keys do not say. format: the key layout ("diffusers", "ldm", "kohya",
+    "peft", "taesd"). entry: the catalog entry it was recognised as (matched_by "sha256", "metadata" for files we
+    converted, or "name"), whose plan gives the trained timesteps.
+    """
+
+    kind: str
+    base: str | None
+    format: str
+    num_tensors: int
+    name: str | None = None
+    entry: Entry | None = None
+    matched_by: str | None = None
+
+    @property
+    def trained_timesteps(self) -> tuple[int, ...] | None:
+        """Trained timesteps of a recognised DMD2 file, None otherwise (the host's own schedule then applies)."""
+        return self.entry.trained_timesteps if self.entry else None
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model spec resolved to a verified local file (`source`: the pickle it was converted from, if any)."""
+
+    path: Path
+    info: FileInfo
+    entry: Entry | None = None
+    source: Path | None = None
+
+
+def is_pickle_file(path: Path | str) -> bool:
+    return str(path).lower().endswith(PICKLE_SUFFIXES)
+
+
+def read_safetensors_header(path: Path | str) -> dict[str, Any]:
+    """The JSON header of a safetensors file, after checking the file really holds all the bytes it declares.
+
+    A truncated download keeps its header, so the header alone would look fine: we compare the largest tensor end
+    offset with the file size and refuse a short file before anyone tries to load it.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise CorruptFileError(f"{path} is not a safetensors file: only {size} bytes (truncated download?)")
+        (header_len,) = struct.unpack("<Q", raw)
+        if header_len > min(_MAX_HEADER, size - 8):
+            raise CorruptFileError(f"{path} is not a valid safetensors file (header of {header_len} bytes in a "
+                                   f"{size}-byte file): truncated or not a safetensors file. Download it again")
+        try:
+            header = json.loads(f.read(header_len))
+        except ValueError:
+            raise CorruptFileError(f"{path} has a damaged safetensors header: download it again") from None
+    if not isinstance(header, dict):
+        raise CorruptFileError(f"{path} has a damaged safetensors header: download it again")
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    have = size - 8 - header_len
+    if ends and max(ends) > have:
+        raise CorruptFileError(f"{path} is truncated: its header declares {max(ends):,} bytes of tensor data but the "
+                               f"file has {have:,}. Delete it and download it again")
+    return header
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded pickle (Lightning-style checkpoints nest them under "state_dict")."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise CorruptFileError(f"{path} does not hold a state dict (found a {type(obj).__name__})")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def load_state_dict(path: Path | str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load a checkpoint's tensors without ever executing code from the file.
+
+    .safetensors: header checked (truncation), then safetensors. Pickles: torch.load(weights_only=True), memory-mapped
+    when the file is in torch's zip format; a pickle that wants to call anything is refused with UnsafeFileError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"no such file: {path}")
+    if is_pickle_file(path):
+        try:
+            obj = torch.load(path, map_location=device, weights_only=True, mmap=zipfile.is_zipfile(path))
+        except pickle.UnpicklingError as e:
+            raise UnsafeFileError(f"refused to load {path}: its pickle asks to run code, which weights-only loading "
+                                  f"does not allow ({str(e).splitlines()[0]}). Use a .safetensors copy of the "
+                                  f"model from a source you trust") from None
+        except (EOFError, RuntimeError, ValueError, struct.error) as e:
+            raise CorruptFileError(f"{path} is not a readable PyTorch checkpoint ({e}): truncated or damaged, "
+                                   f"download it again") from None
+        return _unwrap(obj, path)
+    read_safetensors_header(path)
+    try:
+        return load_file(path, device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise CorruptFileError(f"{path} is not a readable safetensors file ({e}): download it again") from None
+
+
+def _shapes(sd: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in sd.items() if hasattr(v, "shape")}
+
+
+def _cross_attention_base(shapes: Mapping[str, Sequence[int]], down_suffixes: Sequence[str]) -> str | None:
+    """Base from the in-features of a cross-attention key projection (2048: SDXL's two text encoders, 768: SD1.5)."""
+    for key, shape in shapes.items():
+        if "attn2" in key and "to_k" in key and key.endswith(tuple(down_suffixes)) and len(shape) >= 2:
+            base = _CROSS_ATTENTION_DIM.get(shape[1])
+            if base:
+                return base
+    return None
+
+
+def _unet_base(shapes: Mapping[str, Sequence[int]], prefix: str = "") -> str | None:
+    """Base of a UNet in either layout: SDXL has the added (pooled text + size) embedding, SD1.5 does not."""
+    if any(k.startswith((prefix + "add_embedding.", prefix + "label_emb.")) for k in shapes):
+        return "sdxl"
+    return _cross_attention_base({k: v for k, v in shapes.items() if k.startswith(prefix)}, ("to_k.weight",))
+
+
+def _lora_base(shapes: Mapping[str, Sequence[int]]) -> str | None:
+    """Base of a LoRA: cross-attention width first, then layout facts (SDXL: two text encoders, up to 10 transformer
+    blocks per attention; SD1.5: one text encoder, four down blocks)."""
+    base = _cross_attention_base(shapes, ("lora_down.weight", "lora_A.weight", "lora.down.weight",
+                                          "_lora.down.weight"))
+    if base:
+        return base
+    keys = list(shapes)
+    if any(k.startswith(("lora_te1_", "lora_te2_")) or "transformer_blocks_1_" in k or "transformer_blocks.1." in k
+           for k in keys):
+        return "sdxl"
+    if any(k.startswith("lora_te_") or "down_blocks_3_" in k or "down_blocks.3." in k for k in keys):
+        return "sd15"
+    return None
+
+
+def _detect(shapes: Mapping[str, Sequence[int]]) -> tuple[str, str | None, str]:
+    """(kind, base, format) of a state dict from its keys and shapes."""
+    keys = set(shapes)
+    if any(m in k for k in keys for m in _LORA_MARKERS):
+        if any(k.startswith(("lora_unet_", "lora_te")) for k in keys):
+            fmt = "kohya"
+        elif any(".lora_A." in k or ".lora_B." in k for k in keys):
+            fmt = "peft"
+        else:
+            fmt = "diffusers"
+        return "lora", _lora_base(shapes), fmt
+    if any(k.startswith("model.diffusion_model.") for k in keys):
+        if any(k.startswith("conditioner.embedders.") for k in keys):
+            base = "sdxl"
+        elif any(k.startswith("cond_stage_model.transformer.") for k in keys):
+            base = "sd15"
+        else:
+            base = _unet_base(shapes, "model.diffusion_model.")
+        return "checkpoint", base, "ldm"
+    if "input_blocks.0.0.weight" in keys and "out.2.weight" in keys:
+        return "unet", _unet_base(shapes), "ldm"
+    if "conv_in.weight" in keys and "time_embedding.linear_1.weight" in keys:
+        return "unet", _unet_base(shapes), "diffusers"
+    if "decoder.conv_in.weight" in keys and ("decoder.up.0.block.0.conv1.weight" in keys
+                                            or "decoder.up_blocks.0.resnets.0.conv1.weight" in keys):
+        return "vae", None, "ldm" if "decoder.up.0.block.0.conv1.weight" in keys else "diffusers"
+    if {"3.conv.4.bias", "8.conv.0.weight"} <= keys or "decoder.layers.3.conv.4.bias" in keys:
+        return "taesd", None, "taesd"
+    return "unknown", None, "unknown"
+
+
+def _match_entry(catalog: Catalog, kind: str, base: str | None, name: str | None, sha256: str | None,
+                 metadata: Mapping[str, str]) -> tuple[Entry | None, str | None]:
+    """Recognise a catalog file: by sha256, else by the catalog id our conversion wrote, else by file name."""
+    if sha256:
+        entry = catalog.by_sha256(sha256)
+        if entry:
+            return entry, "sha256"
+
+    def agrees(e: Entry) -> bool:  # a name or stamp never turns an SD1.5 UNet into an SDXL DMD2 entry
+        return e.kind == kind and (base is None or e.base == base)
+
+    if metadata.get("dmd2_catalog_id") in catalog.ids:
+        entry = catalog.get(metadata["dmd2_catalog_id"])
+        if agrees(entry):
+            return entry, "metadata"
+    if name:
+        entry = catalog.by_filename(name)
+        if entry and agrees(entry):
+            return entry, "name"
+        lowered = name.lower()
+        if "dmd2" in lowered:
+            plan = "1step" if "1step" in lowered else "4step" if "4step" in lowered else None
+            for e in catalog.dmd2():
+                if plan and e.plan.endswith(plan) and agrees(e):
+                    return e, "name"
+    return None, None
+
+
+def inspect_state_dict(sd: Mapping[str, Any], name: str | None = None, *, catalog: Catalog | None = None,
+                       sha256: str | None = None, metadata: Mapping[str, str] | None = None) -> FileInfo:
+    """Inspect a state dict (real, meta-device, or anything with `.shape`) without touching its values."""
+    return _inspect_shapes(_shapes(sd), name, catalog=catalog, sha256=sha256, metadata=metadata or {})
+
+
+def _inspect_shapes(shapes: Mapping[str, Sequence[int]], name: str | None, *, catalog: Catalog | None,
+                    sha256: str | None, metadata: Mapping[str, str]) -> FileInfo:
+    kind, base, fmt = _detect(shapes)
+    entry, matched_by = _match_entry(catalog or load_catalog(), kind, base, name, sha256, metadata)
+    if base is None and entry is not None and kind == entry.kind:
+        base = entry.base  # a TAESD or VAE looks the same for both bases; a released file says which it is
+    return FileInfo(kind=kind, base=base, format=fmt, num_tensors=len(shapes), name=name, entry=entry,
+                    matched_by=matched_by)
+
+
+def inspect_file(path: Path | str, *, catalog: Catalog | None = None, hash_file: bool = False,
+                 progress: ProgressCallback | None = None) -> FileInfo:
+    """Inspect a checkpoint file: safetensors from the header alone, pickles through weights-only loading.
+
+    The sha256 comes from the folder's hash record (written when the file was downloaded or verified); with
+    `hash_file` it is computed when missing (seconds per GB), otherwise recognition falls back to the file name.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"no such file: {path}")
+    sha256 = file_sha256(path, progress) if hash_file else cached_sha256(path)
+    if is_pickle_file(path):
+        shapes, metadata = _shapes(load_state_dict(path)), {}
+    else:
+        header = read_safetensors_header(path)
+        metadata = header.pop("__metadata__", None) or {}
+        shapes = {k: tuple(v["shape"]) for k, v in header.items()}
+    return _inspect_shapes(shapes, path.name, catalog=catalog, sha256=sha256, metadata=metadata)
+
+
+_KIND_HELP = {
+    "checkpoint": ("a full checkpoint (UNet + text encoders + VAE)",
+                   "load it with the checkpoint loader (ComfyUI: Load Checkpoint, models/checkpoints; A1111: "
+                   "models/Stable-diffusion)"),
+    "unet": ("a UNet only, with no text encoders or VAE",
+             "load it with ComfyUI's Load Diffusion Model (models/diffusion_models) and take CLIP and VAE from "
+             "SDXL base 1.0 (catalog id sdxl-base-1.0) through Load Checkpoint; A1111 cannot load a UNet-only file, "
+             "use the DMD2 LoRA (dmd2-sdxl-4step-lora-fp16) on an SDXL checkpoint there"),
+    "lora": ("a LoRA", "apply it to a model with a LoRA loader (ComfyUI: LoraLoader, models/loras; A1111: "
+                       "models/Lora and <lora:name:1> in the prompt)"),
+    "vae": ("a VAE", "load it with a VAE loader (ComfyUI: Load VAE, models/vae; A1111: models/VAE)"),
+    "taesd": ("a TAESD preview decoder", "put it in ComfyUI's models/vae_approx for previews"),
+}
+
+
+def check_compatible(info: FileInfo, expected_kind: str, base: str | None = None) -> None:
+    """Raise a clear error unless `info` is a `expected_kind` file for `base` (when both bases are known).
+
+    The messages name what the file is and what to do with it instead: the most common mistake with DMD2 is a
+    UNet-only file in a full-checkpoint loader, or the reverse.
+    """
+    name = info.name or "this file"
+    if info.kind != expected_kind:
+        wanted = _KIND_HELP.get(expected_kind, (f"a {expected_kind}",))[0]
+        if info.kind == "unknown":
+            raise WrongKindError(f"{name} is not a model file this pack recognises; {wanted} is needed here")
+        what, instead = _KIND_HELP[info.kind]
+        raise WrongKindError(f"{name} is {what}, but {wanted} is needed here: {instead}")
+    if base is not None and info.base is not None and info.base != base:
+        label, want = BASE_LABELS[info.base], BASE_LABELS.get(base, base)
+        hint = " (for SDXL: dmd2-sdxl-4step-lora-fp16 or a DMD2 SDXL UNet)" if base == "sdxl" else ""
+        raise BaseMismatchError(f"{name} is a {label} {info.kind}, but the model it is used with is {want}: "
+                                f"use a {want} {info.kind}{hint}, or a {label} model")
+
+
+def convert_to_safetensors(src: Path | str, entry: Entry, dest: Path | str | None = None) -> Path:
+    """Write a verified pickle's tensors once to a .safetensors file next to it, atomically; return its path.
+
+    Hosts then load the safetensors copy (no pickle at all); the catalog id and source sha256 go into its metadata,
+    so it is recognised without hashing it again.
+    """
+    src = Path(src)
+    dest = Path(dest) if dest is not None else src.with_name(entry.converted_filename)
+    sd = load_state_dict(src)
+    check_disk_space(dest.parent, src.stat().st_size, f"converting {src.name} to safetensors")
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        save_file({k: v.contiguous() for k, v in sd.items()}, tmp,
+                  metadata={"format": "pt", "dmd2_catalog_id": entry.id, "dmd2_source_sha256": entry.sha256})
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _converted_copy(entry: Entry, folder: Path) -> Path | None:
+    """The safetensors copy of a pickle entry, if one made from a file with the entry's sha256 is already there."""
+    path = folder / entry.converted_filename
+    if not path.is_file():
+        return None
+    meta = read_safetensors_header(path).get("__metadata__") or {}
+    return path if meta.get("dmd2_source_sha256") == entry.sha256 else None
+
+
+def resolve_model(spec: str, models_dir: Path | str, progress: ProgressCallback | None = None, *,
+                  catalog: Catalog | None = None, endpoint: str | None = None) -> ResolvedModel:
+    """Turn a model spec into a verified local file: an existing path is inspected; a catalog id is downloaded into
+    models_dir/<ComfyUI folder name> if needed (a pickle entry is converted to .safetensors once)."""
+    catalog = catalog or load_catalog()
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return ResolvedModel(path=path, info=inspect_file(path, catalog=catalog))
+    if spec not in catalog.ids:
+        if os.sep in spec or "/" in spec or path.suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES:
+            raise ModelNotFoundError(f"no such file: {path}")
+        raise UnknownModelError(f"{spec!r} is neither a file nor a catalog id; the catalog has: "
+                                f"{', '.join(catalog.ids)}")
+    entry = catalog.get(spec)
+    folder = Path(models_dir) / entry.comfyui_folder
+    source = None
+    if entry.is_pickle:
+        path = _converted_copy(entry, folder)
+        if path is None:
+            source = fetch_entry(entry, folder, progress, endpoint=endpoint)
+            path = convert_to_safetensors(source, entry)
+    else:
+        path = fetch_entry(entry, folder, progress, endpoint=endpoint)
+    return ResolvedModel(path=path, info=inspect_file(path, catalog=catalog), entry=entry, source=source)
