@@ -1,8 +1,10 @@
 """Verified downloads of catalog files through huggingface_hub.
 
-A file only ever appears under its final name after its sha256 matched the catalog: huggingface_hub's HTTP client
-fetches it into a hidden staging folder next to it (resumable across runs: an interrupted download continues from
-its .part file; hf_hub_download itself discards partial files on failure), we hash it, and rename it into place
+A file only ever appears under its final name after its sha256 matched the catalog: huggingface_hub finds the file
+(metadata, auth headers) and we stream it with the standard library into a hidden staging folder next to it
+(resumable across runs: an interrupted download continues from its .part file; hf_hub_download itself discards
+partial files on failure, and the download helpers huggingface_hub exposes change between the 0.x releases hosts pin
+and 1.x), we hash it, and rename it into place
 (atomic on the same filesystem). A mismatch deletes the staged file. Nothing here touches the network at import
 time; offline mode and network failures end in an OfflineError that says where to put the file by hand.
 """
@@ -10,9 +12,11 @@ time; offline mode and network failures end in an OfflineError that says where t
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +24,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import get_hf_file_metadata, hf_hub_url
 from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError,
                                     RevisionNotFoundError)
-from huggingface_hub.file_download import HfFileMetadata, http_get
+from huggingface_hub.file_download import HfFileMetadata
 from huggingface_hub.utils import build_hf_headers
 from tqdm.std import tqdm
 
@@ -156,28 +160,32 @@ def manual_download_hint(entry: Entry, folder: Path | str) -> str:
             f"put it in {Path(folder)}/ (it is checked against sha256 {entry.sha256}).")
 
 
-def _callback_bar(progress: ProgressCallback) -> type[tqdm]:
-    """A silent tqdm class for huggingface_hub's tqdm_class that forwards byte counts to `progress`."""
+def _stream_to(url: str, f, have: int, size: int | None, progress: ProgressCallback) -> None:
+    """Append the bytes of `url` after the first `have` to `f` (an HTTP Range request), reporting progress.
 
-    class CallbackBar(tqdm):
-        def __init__(self, *args, **kwargs):
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-            self.done, self.size = kwargs.get("initial", 0), kwargs.get("total")
-            progress("download", self.done, self.size)
-
-        def update(self, n: float | None = 1) -> bool | None:
-            self.done += int(n or 0)
-            progress("download", self.done, self.size)
-            return None
-
-    return CallbackBar
+    A server that ignores the Range header sends the whole file: the partial bytes are dropped and it starts over.
+    """
+    headers = build_hf_headers()
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as response:
+        if have and response.status != 206:
+            f.seek(0)
+            f.truncate()
+            have = 0
+        progress("download", have, size)
+        while chunk := response.read(_CHUNK):
+            f.write(chunk)
+            have += len(chunk)
+            progress("download", have, size)
+    if size is not None and have < size:
+        raise ConnectionResetError(f"the connection closed after {have:,} of {size:,} bytes")
 
 
 def _network_failure(error: Exception) -> bool:
     """True for connection-level failures; huggingface_hub raises its HTTP client's own types (requests, httpx or
     httpx2 depending on its version), so they are told apart by module rather than imported."""
-    return isinstance(error, OSError) or type(error).__module__.split(".")[0] in ("requests", "urllib3", "httpx",
+    return isinstance(error, (OSError, http.client.HTTPException)) or type(error).__module__.split(".")[0] in ("requests", "urllib3", "httpx",
                                                                                   "httpx2", "httpcore")
 
 
@@ -186,7 +194,7 @@ def _remote_metadata(entry: Entry, folder: Path, endpoint: str | None) -> HfFile
     so a missing connection fails here, fast, with the manual-download hint."""
     url = hf_hub_url(entry.repo, entry.filename, revision=entry.revision, endpoint=endpoint)
     try:
-        return get_hf_file_metadata(url, endpoint=endpoint)
+        return get_hf_file_metadata(url)
     except OfflineModeIsEnabled:
         raise OfflineError(f"HF_HUB_OFFLINE is set, so {entry.filename} ({entry.repo}) cannot be downloaded. "
                            f"{manual_download_hint(entry, folder)}") from None
@@ -217,7 +225,7 @@ def fetch_entry(entry: Entry, folder: Path | str, progress: ProgressCallback | N
 
     The bytes go to <folder>/.dmd2-partial/<file>.part first; an interrupted download continues from there on the
     next call (HTTP Range), one whose bytes turn out wrong is deleted and the next call starts clean. `progress` gets
-    download and verify byte counts (None: huggingface_hub's own tqdm bar). `endpoint` overrides the Hub URL (the
+    download and verify byte counts (None: tqdm bars). `endpoint` overrides the Hub URL (the
     tests use a local server). A file already under the final name that does not match is the user's, so it is
     reported (ChecksumError), never overwritten.
     """
@@ -247,8 +255,7 @@ def fetch_entry(entry: Entry, folder: Path | str, progress: ProgressCallback | N
     with part.open("r+b" if have else "wb") as f:
         f.seek(have)
         try:
-            http_get(meta.location, f, resume_size=have, headers=build_hf_headers(), expected_size=size,
-                     displayed_filename=entry.filename, tqdm_class=_callback_bar(progress) if progress else None)
+            _stream_to(meta.location, f, have, size, progress or tqdm_progress())
         except Exception as e:
             if not (isinstance(e, HfHubHTTPError) or _network_failure(e)):
                 raise
