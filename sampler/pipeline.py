@@ -81,3 +81,59 @@ def save_images(images: Sequence, output: Path) -> list[Path]:
     for image, path in zip(images, paths):
         image.save(path)
     return paths
+
+
+#: The catalog entry whose text encoders and VAE every SDXL DMD2 generator uses.
+SDXL_BASE_ID = "sdxl-base-1.0"
+DEFAULT_MODEL_ID = "dmd2-sdxl-4step-lora-fp16"
+
+
+def sdxl_from_checkpoint(path: Path, dtype: torch.dtype) -> Any:
+    """StableDiffusionXLPipeline from the single-file SDXL base checkpoint.
+
+    diffusers reads the model configs and tokenizers of stabilityai/stable-diffusion-xl-base-1.0 (a few MB, cached
+    by huggingface_hub after the first run) to lay the single file out; without them it cannot build the pipeline.
+    """
+    from diffusers import StableDiffusionXLPipeline
+
+    from .errors import OfflineError
+
+    try:
+        return StableDiffusionXLPipeline.from_single_file(str(path), torch_dtype=dtype)
+    except OSError as e:
+        raise OfflineError(f"building the SDXL pipeline from {path} needs the config and tokenizer files of "
+                           f"stabilityai/stable-diffusion-xl-base-1.0 from the Hugging Face Hub (fetched once, then "
+                           f"cached), and they could not be read: {str(e).splitlines()[0]}") from None
+
+
+def load_dmd2_sdxl(model: str, models_dir: Path, device: torch.device, dtype: torch.dtype,
+                   lora_strength: float = 1.0, progress: Any = None) -> tuple[Any, tuple[int, ...]]:
+    """SDXL base with the DMD2 UNet swapped in or the DMD2 LoRA fused; returns (pipeline, trained timesteps).
+
+    `model` is a catalog id or a local file. Files this pack does not recognise as DMD2 get the 4-step plan.
+    """
+    from .checkpoints import check_compatible, resolve_model
+    from .plans import DEFAULT_TRAINED
+
+    dmd2 = resolve_model(model, models_dir, progress)
+    check_compatible(dmd2.info, "lora" if dmd2.info.kind == "lora" else "unet", "sdxl")
+    base = resolve_model(SDXL_BASE_ID, models_dir, progress)
+    pipe = sdxl_from_checkpoint(base.path, dtype)
+    apply_dmd2_weights(pipe, dmd2.path, dmd2.info, lora_strength)
+    return pipe.to(device), dmd2.info.trained_timesteps or DEFAULT_TRAINED
+
+
+def apply_dmd2_weights(pipe: Any, path: Path, info: Any, lora_strength: float = 1.0) -> None:
+    """Load a DMD2 UNet into `pipe.unet`, or fuse a DMD2 LoRA into it (fused: no per-step LoRA cost)."""
+    from .checkpoints import load_state_dict
+    from .errors import WrongKindError
+
+    if info.kind == "unet":
+        if info.format != "diffusers":
+            raise WrongKindError(f"{path.name} is an {info.format}-format UNet; the command line loads "
+                                 f"diffusers-format UNets (the released DMD2 files) or the DMD2 LoRA")
+        pipe.unet.load_state_dict(load_state_dict(path))
+    else:
+        pipe.load_lora_weights(load_state_dict(path), adapter_name="dmd2")
+        pipe.fuse_lora(lora_scale=lora_strength)
+        pipe.unload_lora_weights()

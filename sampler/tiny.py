@@ -85,3 +85,35 @@ def tiny_sdxl_pipeline(folder: Path):
         unet=tiny_sdxl_unet(),
         scheduler=LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
     )
+
+
+#: Modules DMD2's released LoRA adapts (DESIGN.md section 2): 788 of them in the SDXL UNet.
+DMD2_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+                     "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv")
+
+
+def dmd2_format_lora(unet: torch.nn.Module, rank: int = 64, alpha: float = 8.0, device: str = "cpu",
+                     seed: int = 0, scale: float = 0.05) -> dict[str, torch.Tensor]:
+    """A LoRA for `unet` in DMD2's exact key format: lora_unet_<diffusers module path with _>.lora_down.weight /
+    .lora_up.weight / .alpha. Random values (device "meta": shapes only, for detection tests on full-size UNets)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def tensor(*shape: int) -> torch.Tensor:
+        if device == "meta":
+            return torch.empty(shape, device="meta")
+        return torch.randn(shape, generator=g) * scale
+
+    sd = {}
+    for name, module in unet.named_modules():
+        if not (isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and name.endswith(DMD2_LORA_TARGETS)
+                and name.startswith(("down_blocks", "up_blocks", "mid_block"))):
+            continue
+        key = "lora_unet_" + name.replace(".", "_")
+        if isinstance(module, torch.nn.Linear):
+            down, up = (rank, module.in_features), (module.out_features, rank)
+        else:
+            down, up = (rank, module.in_channels, *module.kernel_size), (module.out_channels, rank, 1, 1)
+        sd[key + ".lora_down.weight"] = tensor(*down)
+        sd[key + ".lora_up.weight"] = tensor(*up)
+        sd[key + ".alpha"] = torch.empty((), device="meta") if device == "meta" else torch.tensor(float(alpha))
+    return sd

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from sampler.catalog import Catalog, load_catalog
+from sampler.tiny import dmd2_format_lora
 from sampler.checkpoints import (check_compatible, convert_to_safetensors, inspect_file, inspect_state_dict,
                                  load_state_dict, resolve_model)
 from sampler.errors import (BaseMismatchError, CorruptFileError, ModelNotFoundError, UnknownModelError,
@@ -30,11 +31,6 @@ SDXL_UNET = dict(
 )
 SD15_UNET = dict(sample_size=64, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
                  cross_attention_dim=768, attention_head_dim=8)
-# Modules the DMD2 LoRA adapts (DESIGN.md section 2): 788 of them in the SDXL UNet.
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
-                "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv")
-
-
 def meta_unet(config: dict) -> torch.nn.Module:
     from diffusers import UNet2DConditionModel
 
@@ -52,24 +48,6 @@ def sd15_unet():
     return meta_unet(SD15_UNET)
 
 
-def dmd2_lora_state_dict(unet: torch.nn.Module, rank: int = 64) -> dict[str, torch.Tensor]:
-    """DMD2's exact LoRA format: lora_unet_<diffusers module path with _>.lora_down/.lora_up/.alpha (meta tensors)."""
-    sd = {}
-    for name, module in unet.named_modules():
-        if not (isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and name.endswith(LORA_TARGETS)
-                and name.startswith(("down_blocks", "up_blocks", "mid_block"))):
-            continue
-        key = "lora_unet_" + name.replace(".", "_")
-        if isinstance(module, torch.nn.Linear):
-            down, up = (rank, module.in_features), (module.out_features, rank)
-        else:
-            down, up = (rank, module.in_channels, *module.kernel_size), (module.out_channels, rank, 1, 1)
-        sd[key + ".lora_down.weight"] = torch.empty(down, device="meta")
-        sd[key + ".lora_up.weight"] = torch.empty(up, device="meta")
-        sd[key + ".alpha"] = torch.empty((), device="meta")
-    return sd
-
-
 def meta(*shape: int) -> torch.Tensor:
     return torch.empty(shape, device="meta")
 
@@ -83,14 +61,14 @@ def test_diffusers_unets(sdxl_unet, sd15_unet):
 
 
 def test_dmd2_lora_key_format(sdxl_unet, sd15_unet):
-    sd = dmd2_lora_state_dict(sdxl_unet)
+    sd = dmd2_format_lora(sdxl_unet, device="meta")
     assert len(sd) == 3 * 788
     info = inspect_state_dict(sd, name="dmd2_sdxl_4step_lora_fp16.safetensors", catalog=CATALOG)
     assert (info.kind, info.base, info.format) == ("lora", "sdxl", "kohya")
     assert info.entry.id == "dmd2-sdxl-4step-lora-fp16" and info.matched_by == "name"
     assert info.trained_timesteps == (999, 749, 499, 249)
     # The same format built on SD1.5 is an SD1.5 LoRA (cross-attention width 768).
-    assert inspect_state_dict(dmd2_lora_state_dict(sd15_unet, rank=4)).base == "sd15"
+    assert inspect_state_dict(dmd2_format_lora(sd15_unet, rank=4, device="meta")).base == "sd15"
 
 
 @pytest.mark.parametrize("keys,expected", [
@@ -235,7 +213,7 @@ def test_wrong_kind_explains_what_to_use(keys, want, match):
 
 
 def test_wrong_base(sd15_unet, sdxl_unet):
-    lora = inspect_state_dict(dmd2_lora_state_dict(sd15_unet, rank=4), name="sd15_lora.safetensors")
+    lora = inspect_state_dict(dmd2_format_lora(sd15_unet, rank=4, device="meta"), name="sd15_lora.safetensors")
     with pytest.raises(BaseMismatchError, match="SD1.5 lora, but the model it is used with is SDXL"):
         check_compatible(lora, "lora", base="sdxl")
     unet = inspect_state_dict(sdxl_unet.state_dict(), name="u.safetensors")

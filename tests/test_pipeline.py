@@ -1,5 +1,7 @@
 """The standalone path against diffusers' own SDXL pipeline, on a tiny SDXL-shaped pipeline built offline."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -65,3 +67,52 @@ def test_device_and_dtype_choice():
     assert pick_device_and_dtype("cpu", "bf16") == (torch.device("cpu"), torch.bfloat16)
     with pytest.raises(ValueError, match="dtype must be one of"):
         pick_device_and_dtype("cpu", "fp8")
+
+
+def test_dmd2_lora_fuses_into_every_targeted_module(tmp_path):
+    """The standalone path fuses a LoRA in DMD2's key format fully: W += strength * alpha / rank * up @ down."""
+    from safetensors.torch import save_file
+
+    from sampler.checkpoints import inspect_file
+    from sampler.pipeline import apply_dmd2_weights
+    from sampler.tiny import dmd2_format_lora
+
+    pipe = tiny_sdxl_pipeline(tmp_path)
+    lora = dmd2_format_lora(pipe.unet, rank=4, alpha=2.0)
+    path = tmp_path / "dmd2_lora.safetensors"
+    save_file(lora, path)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    apply_dmd2_weights(pipe, path, inspect_file(path), lora_strength=0.5)
+    after = pipe.unet.state_dict()
+    modules = [k.removesuffix(".alpha") for k in lora if k.endswith(".alpha")]
+    for key in modules:
+        name = key.removeprefix("lora_unet_")
+        weight = next(w for w in after if w.endswith(".weight") and w.replace(".", "_") == name + "_weight")
+        up, down = lora[key + ".lora_up.weight"], lora[key + ".lora_down.weight"]
+        delta = (up.flatten(1) @ down.flatten(1)).reshape(before[weight].shape) * 0.5 * 2.0 / 4
+        torch.testing.assert_close(after[weight] - before[weight], delta, atol=1e-6, rtol=1e-4)
+    changed = [k for k in after if not torch.equal(after[k], before[k])]
+    assert len(changed) == len(modules) and not any("lora" in k for k in after)
+
+
+def test_cli_generate_writes_images(tmp_path, monkeypatch, capsys):
+    """`python -m sampler generate` end to end on the tiny SDXL pipeline (loading is the only stand-in)."""
+    from sampler import cli, pipeline
+
+    monkeypatch.setattr(pipeline, "load_dmd2_sdxl",
+                        lambda *a, **k: (tiny_sdxl_pipeline(tmp_path), TRAINED_TIMESTEPS["sdxl_1step"]))
+    out = tmp_path / "img.png"
+    assert cli.main(["generate", "a cat", "a dog", "--width", "64", "--height", "64", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "timesteps [399]" in printed and (tmp_path / "img-0.png").exists() and (tmp_path / "img-1.png").exists()
+
+
+def test_cli_offline_names_the_file_and_folder(tmp_path):
+    import subprocess
+    import sys
+
+    env = {"HF_HUB_OFFLINE": "1", "DMD2_MODELS_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "sampler", "generate", "a cat"], capture_output=True, text=True,
+                          env=env, cwd=str(Path(__file__).parent.parent))
+    assert done.returncode == 1
+    assert "dmd2_sdxl_4step_lora_fp16.safetensors" in done.stderr and f"put it in {tmp_path}/loras" in done.stderr

@@ -1,0 +1,76 @@
+"""Command line: `python -m sampler generate PROMPT` and `python -m sampler models ...`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import DMD2Error
+
+
+def add_generate_subcommand(subparsers) -> argparse.ArgumentParser:
+    from .pipeline import DEFAULT_MODEL_ID
+
+    p = subparsers.add_parser("generate", help="text to image with a DMD2 SDXL model (no host needed)",
+                              description="Generate images with DMD2 on SDXL base 1.0: the DMD2 UNet or LoRA, "
+                                          "sampled on its trained timesteps. Weights come from the catalog "
+                                          "(downloaded and verified on first use) or a local file.")
+    p.add_argument("prompt", nargs="+", help="the prompt; several prompts make several images")
+    p.add_argument("--model", default=DEFAULT_MODEL_ID, help="catalog id or file (default: %(default)s)")
+    p.add_argument("--steps", type=int, help="UNet passes (default: the model's trained step count)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=1, help="images per prompt")
+    p.add_argument("--lora-strength", type=float, default=1.0,
+                   help="DMD2 LoRA strength (1.0 on SDXL base; 0.5-0.75 on community finetunes)")
+    p.add_argument("--output", type=Path, default=Path("outputs/dmd2.png"), help="image path (batches get -N)")
+    p.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="default: fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--models-dir", type=Path, help="models folder (default: $DMD2_MODELS_DIR or ~/.cache/dmd2/models)")
+    p.set_defaults(func=run_generate)
+    return p
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .download import default_models_dir, tqdm_progress
+    from .pipeline import (decode_to_images, generate_latents, load_dmd2_sdxl, pick_device_and_dtype, save_images,
+                           sdxl_conditioning)
+    from .plans import timesteps_for
+
+    if args.batch < 1:
+        raise DMD2Error(f"--batch must be >= 1, got {args.batch}")
+    device, dtype = pick_device_and_dtype(args.device, args.dtype)
+    pipe, trained = load_dmd2_sdxl(args.model, args.models_dir or default_models_dir(), device, dtype,
+                                   args.lora_strength, tqdm_progress())
+    timesteps = timesteps_for(args.steps or len(trained), trained)
+    prompts = [p for p in args.prompt for _ in range(args.batch)]
+    print(f"[DMD2] {len(prompts)} image(s), {args.width}x{args.height}, timesteps {list(timesteps)}, "
+          f"{device} {str(dtype).removeprefix('torch.')}")
+    cond = sdxl_conditioning(pipe, prompts, args.width, args.height)
+    latents = generate_latents(pipe.unet, cond, timesteps, range(args.seed, args.seed + len(prompts)),
+                               args.width, args.height)
+    for path in save_images(decode_to_images(pipe.vae, latents), args.output):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models_cli import add_models_subcommand
+
+    parser = argparse.ArgumentParser(prog="python -m sampler", description="DMD2 sampling without a host.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_generate_subcommand(subparsers)
+    add_models_subcommand(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DMD2Error, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
