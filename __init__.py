@@ -15,6 +15,7 @@ def _inside_comfyui() -> bool:
 
 
 if _inside_comfyui():
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, register_stock_entries
 
+    register_stock_entries()  # sampler and scheduler "dmd2" in the stock KSampler dropdowns
     __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
