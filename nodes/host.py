@@ -55,13 +55,19 @@ def load_diffusion_model(path: Path, state_dict: dict[str, torch.Tensor] | None,
     return model
 
 
+def _dtypes() -> dict[str, torch.dtype]:
+    names = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    for name in ("fp8_e4m3fn", "fp8_e5m2"):
+        if hasattr(torch, "float8" + name[3:]):
+            names[name] = getattr(torch, "float8" + name[3:])
+    return names
+
+
 def weight_dtypes() -> list[str]:
     """Weight dtype choices: default, fp16, bf16, and fp8 where this torch has the fp8 types (as UNETLoader)."""
-    names = ["default", "fp16", "bf16"]
-    if hasattr(torch, "float8_e4m3fn"):
-        names += ["fp8_e4m3fn", "fp8_e4m3fn_fast"]
-    if hasattr(torch, "float8_e5m2"):
-        names += ["fp8_e5m2"]
+    names = ["default"] + list(_dtypes())
+    if "fp8_e4m3fn" in names:
+        names.insert(names.index("fp8_e4m3fn") + 1, "fp8_e4m3fn_fast")
     return names
 
 
@@ -69,9 +75,9 @@ def weight_dtype_options(dtype: str) -> dict[str, Any]:
     """model_options for comfy.sd.load_diffusion_model for a `weight_dtypes()` choice."""
     if dtype == "default":
         return {}
-    if dtype.endswith("_fast"):
-        return {"dtype": getattr(torch, dtype[: -len("_fast")]), "fp8_optimizations": True}
-    return {"dtype": {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype) or getattr(torch, dtype)}
+    if dtype.endswith("_fast"):  # fp8 weights with ComfyUI's fp8 matmul where the GPU has it
+        return {"dtype": _dtypes()[dtype[: -len("_fast")]], "fp8_optimizations": True}
+    return {"dtype": _dtypes()[dtype]}
 
 
 def load_lora_file(path: Path) -> dict[str, torch.Tensor]:
