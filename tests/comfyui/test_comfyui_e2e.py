@@ -212,3 +212,29 @@ def test_sd15_model_with_sdxl_lora_fails_clearly(server):
     text = json.dumps(entry["status"]["messages"])
     assert entry["status"]["status_str"] == "error"
     assert "BaseMismatchError" in text and "SDXL lora" in text and "SD1.5" in text, text[-2000:]
+
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+@pytest.mark.parametrize("name", ["dmd2_sdxl_4step_lora", "dmd2_sdxl_4step_unet", "dmd2_sdxl_1step_unet",
+                                  "dmd2_sdxl_2pass_upscale", "dmd2_stock_ksampler"])
+def test_example_workflows_match_this_comfyui(server, name):
+    """Every node of the example exists here, with as many widget values as it has widgets and valid choices."""
+    assert name in server.get("/workflow_templates")["comfyui-dmd2"]
+    workflow = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" / f"{name}.json").read_text())
+    info = server.get("/object_info")
+    for node in workflow["nodes"]:
+        spec = info[node["type"]]["input"]
+        widgets = []
+        for group in ("required", "optional"):
+            for input_name, (kind, *options) in spec.get(group, {}).items():
+                if isinstance(kind, list) or kind in WIDGET_TYPES:
+                    widgets.append((input_name, kind))
+                    if options and options[0].get("control_after_generate"):
+                        widgets.append(("control_after_generate", ["fixed", "increment", "decrement", "randomize"]))
+        values = node["widgets_values"]
+        assert len(values) == len(widgets), (node["type"], values, widgets)
+        for (input_name, kind), value in zip(widgets, values):
+            if isinstance(kind, list) and input_name not in ("ckpt_name",):
+                assert value in kind, (node["type"], input_name, value)
