@@ -4,7 +4,7 @@ Classic node API (NODE_CLASS_MAPPINGS): it runs on every ComfyUI release our use
 the contract saved workflows depend on; see docs/comfyui.md for why not V3 (yet).
 """
 
-from .loaders import DMD2LoraLoader, DMD2UNetLoader
+from .loaders import DMD2LoraLoader, DMD2UNetLoader, warn_misplaced_unets
 from .register import register_stock_entries
 from .sampler_nodes import DMD2KSampler, DMD2Sampler, DMD2Scheduler
 
@@ -23,4 +23,4 @@ NODE_DISPLAY_NAME_MAPPINGS: dict = {
     "DMD2KSampler": "DMD2 KSampler",
 }
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "register_stock_entries"]
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "register_stock_entries", "warn_misplaced_unets"]

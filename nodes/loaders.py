@@ -9,6 +9,7 @@ from typing import Any
 from ..sampler.catalog import load_catalog
 from ..sampler.checkpoints import FileInfo, check_compatible, inspect_file, is_pickle_file, load_state_dict
 from ..sampler.checkpoints import resolve_model
+from ..sampler.errors import DMD2Error
 from ..sampler.plans import TRAINED_TIMESTEPS
 from . import host
 from .tags import DMD2Facts, tag_model
@@ -64,6 +65,26 @@ def facts_for(info: FileInfo, plan: str = "auto") -> DMD2Facts:
     log.warning("[DMD2] %s is not a recognised DMD2 release (by checksum or name): planning with the 4-step "
                 "timesteps 999/749/499/249; pick the plan on the loader if it is a 1-step model", info.name)
     return DMD2Facts(TRAINED_TIMESTEPS["sdxl_4step"], source="default 4-step plan")
+
+
+def warn_misplaced_unets() -> list[str]:
+    """Log one line per DMD2 UNet-only file in models/checkpoints, where the stock Load Checkpoint would fail on it
+    with "Could not detect model type"; returns their names. Reads safetensors headers of files named *dmd2* only."""
+    misplaced = []
+    for name in host.filename_list("checkpoints"):
+        path = host.full_path("checkpoints", name) if "dmd2" in name.lower() else None
+        if path is None or is_pickle_file(path):
+            continue
+        try:
+            info = inspect_file(path)
+        except DMD2Error:
+            continue
+        if info.kind == "unet":
+            misplaced.append(name)
+            log.warning("[DMD2] %s in models/checkpoints is a UNet only (no text encoders or VAE): Load Checkpoint "
+                        "cannot load it. Move it to models/diffusion_models, load it with 'DMD2 Load UNet' and take "
+                        "CLIP and VAE from SDXL base 1.0", name)
+    return misplaced
 
 
 class DMD2UNetLoader:

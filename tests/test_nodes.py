@@ -326,3 +326,16 @@ def test_loaders_explain_wrong_files(monkeypatch, tmp_path):
         nodes.DMD2LoraLoader().load(FakePatcher(), "unet.safetensors", 1.0)
     with pytest.raises(FileNotFoundError, match="refresh"):
         nodes.DMD2LoraLoader().load(FakePatcher(), "gone.safetensors", 1.0)
+
+
+def test_misplaced_unet_in_checkpoints_is_reported(monkeypatch, tmp_path, caplog):
+    unet = _file(tmp_path, "dmd2_sdxl_4step_unet_fp16.safetensors",
+                 {"conv_in.weight": torch.zeros(1), "time_embedding.linear_1.weight": torch.zeros(1)})
+    full = _file(tmp_path, "dmd2_merged.safetensors", {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
+                                                       "cond_stage_model.transformer.x": torch.zeros(1)})
+    files = {unet.name: unet, full.name: full, "other.safetensors": None}
+    monkeypatch.setattr(host, "filename_list", lambda folder: list(files))
+    monkeypatch.setattr(host, "full_path", lambda folder, name: files[name])
+    with caplog.at_level(logging.WARNING, logger="dmd2"):
+        assert nodes.warn_misplaced_unets() == [unet.name]
+    assert len(caplog.records) == 1 and "models/diffusion_models" in caplog.records[0].getMessage()
