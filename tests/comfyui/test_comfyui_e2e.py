@@ -1,0 +1,240 @@
+"""DMD2 in a real ComfyUI: node listing, stock dropdown entries, and prompts run through /prompt on random-weight
+SD1.5-shaped models at 64x64 px (8x8 latents). The probe pack records what the UNet received."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+NODES = ["DMD2UNetLoader", "DMD2LoraLoader", "DMD2Scheduler", "DMD2Sampler", "DMD2KSampler"]
+SEED = 1234
+_runs = itertools.count()
+
+
+class Graph:
+    """A prompt: random-weight UNet through DMD2 Load UNet (+ probe), CLIP-L, VAE, a prompt and an empty latent."""
+
+    def __init__(self, server, plan: str = "auto", batch: int = 1, sleep: float = 0.0):
+        self.dir = server.base / f"run{next(_runs)}"
+        self.dir.mkdir()
+        self.log = self.dir / "unet.jsonl"
+        self.nodes = {
+            "unet": {"class_type": "DMD2UNetLoader", "inputs": {"unet_name": "e2e_sd15_unet.safetensors",
+                                                                "weight_dtype": "default", "plan": plan}},
+            "model": {"class_type": "DMD2TestProbe", "inputs": {"model": ["unet", 0], "log_path": str(self.log),
+                                                                "sleep": sleep}},
+            "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": "e2e_clip_l.safetensors",
+                                                            "type": "stable_diffusion"}},
+            "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": "a lighthouse at dusk"}},
+            "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": ""}},
+            "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": batch}},
+        }
+
+    def add(self, node_id: str, class_type: str, **inputs) -> list:
+        self.nodes[node_id] = {"class_type": class_type, "inputs": inputs}
+        return [node_id, 0]
+
+    def dmd2_ksampler(self, steps: int, denoise: float = 1.0, latent=None, seed: int = SEED) -> list:
+        return self.add("sample", "DMD2KSampler", model=["model", 0], positive=["pos", 0],
+                        latent_image=latent or ["empty", 0], seed=seed, steps=steps, denoise=denoise)
+
+    def stock_ksampler(self, steps: int, denoise: float = 1.0, latent=None, cfg: float = 1.0) -> list:
+        return self.add("sample", "KSampler", model=["model", 0], positive=["pos", 0], negative=["neg", 0],
+                        latent_image=latent or ["empty", 0], seed=SEED, steps=steps, cfg=cfg, sampler_name="dmd2",
+                        scheduler="dmd2", denoise=denoise)
+
+    def custom_sampler(self, steps: int) -> list:
+        sigmas = self.add("sigmas", "DMD2Scheduler", model=["model", 0], steps=steps, denoise=1.0)
+        sampler = self.add("sampler", "DMD2Sampler")
+        return self.add("sample", "SamplerCustom", model=["model", 0], add_noise=True, noise_seed=SEED, cfg=1.0,
+                        positive=["pos", 0], negative=["neg", 0], sampler=sampler, sigmas=sigmas,
+                        latent_image=["empty", 0])
+
+    def save(self, latent: list, name: str = "out") -> Path:
+        path = self.dir / f"{name}.safetensors"
+        self.add(f"save_{name}", "DMD2TestSaveLatent", samples=latent, path=str(path))
+        return path
+
+    def reference(self, timesteps: str, latent=None) -> Path:
+        ref = self.add("reference", "DMD2TestReference", model=["unet", 0], positive=["pos", 0],
+                       latent_image=latent or ["empty", 0], seed=SEED, timesteps=timesteps)
+        return self.save(ref, "reference")
+
+    def calls(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
+
+    def timesteps(self) -> list[int]:
+        """The integer timestep of every UNet call (all items of a batch share it)."""
+        out = []
+        for call in self.calls():
+            assert len(set(call["t"])) == 1, call
+            out.append(int(call["t"][0]))
+        return out
+
+    def first_input(self) -> torch.Tensor:
+        return load_file(str(self.log) + ".first.safetensors")["x"]
+
+    def progress(self) -> list[dict]:
+        path = Path(str(self.log) + ".progress")
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def latent(path: Path) -> torch.Tensor:
+    return load_file(str(path))["samples"]
+
+
+def start_noise(batch: int = 1) -> torch.Tensor:
+    """ComfyUI's starting noise for SEED (comfy.sample.prepare_noise: CPU generator, one randn of the batch)."""
+    return torch.randn((batch, 4, 8, 8), generator=torch.manual_seed(SEED))
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.shape == b.shape
+    assert torch.isfinite(a).all()
+    scale = float(b.abs().max())
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * scale), float((a - b).abs().max())
+
+
+def test_nodes_and_stock_dropdowns_listed(server):
+    info = server.get("/object_info")
+    for node in NODES:
+        assert node in info, node
+        assert info[node]["description"], node
+        assert info[node]["category"] in ("loaders/DMD2", "sampling/DMD2")
+    for node in ("KSampler", "KSamplerAdvanced"):
+        required = info[node]["input"]["required"]
+        assert required["sampler_name"][0].count("dmd2") == 1, node
+        assert required["scheduler"][0].count("dmd2") == 1, node
+    assert info["KSamplerSelect"]["input"]["required"]["sampler_name"][0].count("dmd2") == 1
+    assert info["BasicScheduler"]["input"]["required"]["scheduler"][0].count("dmd2") == 1
+    ksampler = info["DMD2KSampler"]["input"]
+    assert "cfg" not in ksampler["required"] and set(ksampler["optional"]) == {"negative", "cfg"}
+    assert any(v.startswith("catalog: dmd2-sdxl-4step-unet") for v in
+               info["DMD2UNetLoader"]["input"]["required"]["unet_name"][0])
+
+
+def test_4step_txt2img_matches_core_and_reproduces(server):
+    runs = []
+    for _ in range(2):  # a fresh probe path makes ComfyUI execute the sampler again instead of using its cache
+        g = Graph(server)
+        out = g.save(g.dmd2_ksampler(steps=4))
+        ref = g.reference("999,749,499,249")
+        server.run(g.nodes)
+        runs.append((g, out, ref))
+    g, out, ref = runs[0]
+    assert g.timesteps() == [999, 749, 499, 249]
+    assert torch.allclose(g.first_input(), start_noise(), atol=1e-5)  # the UNet saw the raw unit noise
+    assert_close(latent(out), latent(ref))
+    assert torch.equal(latent(out), latent(runs[1][1])), "same seed, different result"
+    steps = [p for p in g.progress() if p["total"] == 4]
+    assert [p["value"] for p in steps] == [1, 2, 3, 4] and all(p["preview"] for p in steps)
+
+
+@pytest.mark.parametrize("path", ["dmd2_ksampler", "stock_ksampler", "custom_sampler"])
+def test_1step_399_unit_variance_on_every_path(server, path):
+    g = Graph(server, plan="sdxl_1step")
+    out = g.save(getattr(g, path)(1) if path != "dmd2_ksampler" else g.dmd2_ksampler(steps=1))
+    ref = g.reference("399")
+    server.run(g.nodes)
+    assert g.timesteps() == [399]
+    first = g.first_input()
+    assert torch.allclose(first, start_noise(), atol=1e-5), float(first.std())  # unit variance, not 0.76x
+    assert_close(latent(out), latent(ref))
+    assert [p["value"] for p in g.progress() if p["total"] == 1] == [1]
+
+
+def test_stock_ksampler_and_custom_sampler_match_dmd2_ksampler(server):
+    outs = []
+    for path in ("dmd2_ksampler", "stock_ksampler", "custom_sampler"):
+        g = Graph(server)
+        outs.append(g.save(getattr(g, path)(4) if path != "dmd2_ksampler" else g.dmd2_ksampler(steps=4)))
+        server.run(g.nodes)
+        assert g.timesteps() == [999, 749, 499, 249], path
+    for other in outs[1:]:
+        assert torch.equal(latent(outs[0]), latent(other))
+
+
+def test_batch_and_denoise_below_one(server):
+    g = Graph(server, batch=2)
+    first = g.dmd2_ksampler(steps=4)
+    out = g.save(first)
+    ref = g.reference("999,749,499,249")
+    up = g.add("up", "LatentUpscaleBy", samples=first, upscale_method="nearest-exact", scale_by=2.0)
+    second = g.add("second", "DMD2KSampler", model=["model", 0], positive=["pos", 0], latent_image=up, seed=7,
+                   steps=2, denoise=0.5)
+    out2 = g.save(second, "second")
+    server.run(g.nodes)
+    calls = g.calls()
+    assert [c["shape"][0] for c in calls] == [2] * 6
+    assert g.timesteps() == [999, 749, 499, 249, 499, 249]
+    assert calls[4]["shape"][2:] == [16, 16]
+    assert_close(latent(out), latent(ref))
+    assert latent(out2).shape == (2, 4, 16, 16) and torch.isfinite(latent(out2)).all()
+
+    g2 = Graph(server, batch=2)  # the stock KSampler at denoise 0.5 keeps the tail of an 8-step plan
+    src = g2.add("src", "DMD2KSampler", model=["unet", 0], positive=["pos", 0], latent_image=["empty", 0],
+                 seed=SEED, steps=1, denoise=1.0)
+    g2.save(g2.stock_ksampler(steps=4, denoise=0.5, latent=src))
+    server.run(g2.nodes)
+    assert g2.timesteps() == [499, 499, 249, 249]
+
+
+def test_interrupt_stops_between_steps(server):
+    g = Graph(server, sleep=2.0)
+    g.save(g.dmd2_ksampler(steps=8))
+    prompt_id = server.queue(g.nodes)
+    deadline = time.monotonic() + 300
+    while not g.calls():
+        assert time.monotonic() < deadline, server.tail()
+        time.sleep(0.2)
+    server.post("/interrupt", {})
+    entry = server.wait(prompt_id)
+    assert entry["status"]["status_str"] != "success"
+    assert any(m[0] == "execution_interrupted" for m in entry["status"]["messages"]), entry["status"]
+    assert 1 <= len(g.calls()) < 8
+    g2 = Graph(server)  # and the server still samples afterwards
+    g2.save(g2.dmd2_ksampler(steps=1))
+    server.run(g2.nodes)
+
+
+def test_sd15_model_with_sdxl_lora_fails_clearly(server):
+    g = Graph(server)
+    lora = g.add("lora", "DMD2LoraLoader", model=["unet", 0], lora_name="e2e_sdxl_lora.safetensors", strength=1.0)
+    g.nodes["model"]["inputs"]["model"] = lora
+    g.save(g.dmd2_ksampler(steps=1))
+    entry = server.wait(server.queue(g.nodes))
+    text = json.dumps(entry["status"]["messages"])
+    assert entry["status"]["status_str"] == "error"
+    assert "BaseMismatchError" in text and "SDXL lora" in text and "SD1.5" in text, text[-2000:]
+
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+@pytest.mark.parametrize("name", ["dmd2_sdxl_4step_lora", "dmd2_sdxl_4step_unet", "dmd2_sdxl_1step_unet",
+                                  "dmd2_sdxl_2pass_upscale", "dmd2_stock_ksampler"])
+def test_example_workflows_match_this_comfyui(server, name):
+    """Every node of the example exists here, with as many widget values as it has widgets and valid choices."""
+    assert name in server.get("/workflow_templates")["comfyui-dmd2"]
+    workflow = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" / f"{name}.json").read_text())
+    info = server.get("/object_info")
+    for node in workflow["nodes"]:
+        spec = info[node["type"]]["input"]
+        widgets = []
+        for group in ("required", "optional"):
+            for input_name, (kind, *options) in spec.get(group, {}).items():
+                if isinstance(kind, list) or kind in WIDGET_TYPES:
+                    widgets.append((input_name, kind))
+                    if options and options[0].get("control_after_generate"):
+                        widgets.append(("control_after_generate", ["fixed", "increment", "decrement", "randomize"]))
+        values = node["widgets_values"]
+        assert len(values) == len(widgets), (node["type"], values, widgets)
+        for (input_name, kind), value in zip(widgets, values):
+            if isinstance(kind, list) and input_name not in ("ckpt_name",):
+                assert value in kind, (node["type"], input_name, value)
