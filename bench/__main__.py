@@ -1,7 +1,12 @@
 """`python -m bench`: run every benchmark and print one table."""
 
-from . import core
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
+
+from . import core, fast
 from .timing import print_table
 
 if __name__ == "__main__":
-    print_table(core.run())
+    diffusers_logging.set_verbosity_error()  # keeps the table readable (LoRA prefix notices and the like)
+    transformers_logging.set_verbosity_error()
+    print_table(core.run() + fast.run())

@@ -57,12 +57,53 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_live_subcommand(subparsers) -> argparse.ArgumentParser:
+    from .pipeline import DEFAULT_MODEL_ID
+
+    p = subparsers.add_parser("live", help="type prompts, see frames: 1-step DMD2 with stage timings",
+                              description="Each line read from standard input becomes a frame (saved to --output), "
+                                          "with the time of text encoding, UNet and decoding. With --frames N it "
+                                          "renders one prompt N times and prints the averages (a benchmark).")
+    p.add_argument("--model", default=DEFAULT_MODEL_ID, help="catalog id or file (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=1, help="UNet passes per frame (default: 1)")
+    p.add_argument("--size", type=int, default=512, help="frame width and height (default: 512)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--full-vae", action="store_true", help="decode frames with the full VAE instead of TAESDXL")
+    p.add_argument("--frames", type=int, help="benchmark: render --prompt this many times")
+    p.add_argument("--prompt", default="a photo of a cat", help="prompt of the benchmark")
+    p.add_argument("--output", type=Path, default=Path("outputs/live.png"))
+    p.add_argument("--device")
+    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"])
+    p.add_argument("--models-dir", type=Path)
+    p.set_defaults(func=run_live)
+    return p
+
+
+def run_live(args: argparse.Namespace) -> int:
+    from .checkpoints import resolve_model
+    from .download import default_models_dir, tqdm_progress
+    from .live import LiveSession, run_live_loop
+    from .pipeline import load_dmd2_sdxl, pick_device_and_dtype
+    from .plans import timesteps_for
+    from .taesd import load_tiny_decoder
+
+    device, dtype = pick_device_and_dtype(args.device, args.dtype)
+    models_dir = args.models_dir or default_models_dir()
+    pipe, trained = load_dmd2_sdxl(args.model, models_dir, device, dtype, progress=tqdm_progress())
+    decoder = None if args.full_vae else load_tiny_decoder(resolve_model("taesdxl", models_dir).path, device, dtype)
+    session = LiveSession(pipe, timesteps_for(args.steps, trained), args.size, args.size, decoder)
+    prompts = [args.prompt] * (args.frames + 1) if args.frames else (line.strip() for line in sys.stdin)
+    run_live_loop(session, prompts, args.seed, args.output, summary_after_first=bool(args.frames))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models_cli import add_models_subcommand
 
     parser = argparse.ArgumentParser(prog="python -m sampler", description="DMD2 sampling without a host.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_generate_subcommand(subparsers)
+    add_live_subcommand(subparsers)
     add_models_subcommand(subparsers)
     return parser
 

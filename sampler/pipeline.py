@@ -61,16 +61,21 @@ def generate_latents(unet: torch.nn.Module, cond: dict[str, Any], timesteps: Seq
                        callback=callback, disable=not progress, noise_sampler=noise, pure_noise=True)
 
 
+def to_pil_images(rgb: torch.Tensor) -> list:
+    """PIL images from RGB tensors in [0, 1], shape (B, 3, H, W)."""
+    from PIL import Image
+
+    pixels = (rgb.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(p) for p in pixels]
+
+
 @torch.no_grad()
 def decode_to_images(vae: torch.nn.Module, latents: torch.Tensor) -> list:
     """Decode latents to PIL images. The stock SDXL VAE overflows in fp16, so it decodes in fp32 when it says so."""
-    from PIL import Image
-
     if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
         vae = vae.to(torch.float32)
     pixels = vae.decode((latents / vae.config.scaling_factor).to(vae.device, vae.dtype), return_dict=False)[0]
-    pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(p) for p in pixels]
+    return to_pil_images((pixels.float() + 1) / 2)
 
 
 def save_images(images: Sequence, output: Path) -> list[Path]:
