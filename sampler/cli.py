@@ -72,6 +72,12 @@ def add_live_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, help="benchmark: render --prompt this many times")
     p.add_argument("--prompt", default="a photo of a cat", help="prompt of the benchmark")
     p.add_argument("--output", type=Path, default=Path("outputs/live.png"))
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="NHWC UNet (default: on for CUDA, off for CPU, as measured by python -m bench)")
+    p.add_argument("--attention", choices=["sdpa", "xformers"], default="sdpa",
+                   help="attention kernels (xformers only where installed for this torch)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet for this frame size; its one-off cost is printed before the frames")
     p.add_argument("--device")
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"])
     p.add_argument("--models-dir", type=Path)
@@ -82,6 +88,7 @@ def add_live_subcommand(subparsers) -> argparse.ArgumentParser:
 def run_live(args: argparse.Namespace) -> int:
     from .checkpoints import resolve_model
     from .download import default_models_dir, tqdm_progress
+    from .fast import FastPath, apply_fast_path, compile_and_warm
     from .live import LiveSession, run_live_loop
     from .pipeline import load_dmd2_sdxl, pick_device_and_dtype
     from .plans import timesteps_for
@@ -92,6 +99,13 @@ def run_live(args: argparse.Namespace) -> int:
     pipe, trained = load_dmd2_sdxl(args.model, models_dir, device, dtype, progress=tqdm_progress())
     decoder = None if args.full_vae else load_tiny_decoder(resolve_model("taesdxl", models_dir).path, device, dtype)
     session = LiveSession(pipe, timesteps_for(args.steps, trained), args.size, args.size, decoder)
+    default = FastPath.default_for(device)
+    fast = FastPath(default.channels_last if args.channels_last is None else args.channels_last, args.attention,
+                    args.compile)
+    apply_fast_path(pipe.unet, fast)
+    if fast.compile:
+        cost = compile_and_warm(lambda: session.frame(args.prompt, args.seed), pipe.unet, device)
+        print(f"[DMD2] torch.compile for {args.size}x{args.size}: {cost:.1f} s, paid once")
     prompts = [args.prompt] * (args.frames + 1) if args.frames else (line.strip() for line in sys.stdin)
     run_live_loop(session, prompts, args.seed, args.output, summary_after_first=bool(args.frames))
     return 0

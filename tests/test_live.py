@@ -65,3 +65,30 @@ def test_live_loop_benchmark_summary(pipe, tmp_path, capsys):
     frames = run_live_loop(session, ["a cat", "", "a cat", "a dog"], 0, tmp_path / "live.png", summary_after_first=True)
     assert len(frames) == 3 and (tmp_path / "live.png").exists()
     assert "mean of 2 frames after a warm-up" in capsys.readouterr().out
+
+
+def test_fast_path_keeps_frames_identical(pipe):
+    """channels_last and the explicit SDPA processor change kernels, not results."""
+    from sampler.fast import FastPath, apply_fast_path
+
+    session = LiveSession(pipe, (999,), 64, 64, randomize_(tiny_decoder(), scale=0.05))
+    before = generate_latents(pipe.unet, sdxl_conditioning(pipe, ["a cat"], 64, 64), (999,), [1], 64, 64,
+                              progress=False)
+    apply_fast_path(pipe.unet, FastPath(channels_last=True))
+    after = generate_latents(pipe.unet, sdxl_conditioning(pipe, ["a cat"], 64, 64), (999,), [1], 64, 64,
+                             progress=False)
+    pipe.unet.to(memory_format=torch.contiguous_format)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    assert session.frame("a cat")[0].size == (64, 64)
+    with pytest.raises(ValueError, match="attention must be"):
+        apply_fast_path(pipe.unet, FastPath(attention="flash"))
+
+
+def test_compile_cost_is_reported_once():
+    from sampler.fast import compile_and_warm
+
+    module = torch.nn.Linear(4, 4)
+    calls = []
+    cost = compile_and_warm(lambda: calls.append(module(torch.ones(1, 4))), module, torch.device("cpu"))
+    assert cost > 0 and len(calls) == 1
+    torch.testing.assert_close(module(torch.ones(1, 4)), calls[0])
