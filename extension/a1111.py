@@ -197,14 +197,19 @@ def register_settings(shared: Any) -> None:
     """The DMD2 settings section (in place before the UI or API reads the options; safe to run again)."""
     import gradio as gr
     section = SETTINGS_SECTION
-    shared.options_templates.update(shared.options_section(section, {
+    options = {
         "dmd2_plan": shared.OptionInfo(
             plans.AUTOMATIC, "DMD2 plan (trained timesteps)", gr.Radio, {"choices": plans.SETTING_CHOICES},
             infotext=INFOTEXT_PLAN).info(
             "Automatic: from the loaded checkpoint / DMD2 LoRA (catalog sha256, our tools' metadata or a file name "
             "with dmd2 + 1step/4step), else SDXL 4-step (999, 749, 499, 249). SDXL 1-step = 399, SD1.5 1-step = 999"),
         "dmd2_log_plan": shared.OptionInfo(False, "DMD2: print the plan and schedule of each run to the console"),
-    }))
+    }
+    shared.options_templates.update(shared.options_section(section, options))
+    for key, info in options.items():
+        # A1111 restores per-request override_settings only for keys already in opts.data: without this an API
+        # request's {"dmd2_plan": ...} override would stick for every later request.
+        shared.opts.data.setdefault(key, info.default)
 
 
 def setup() -> bool:
