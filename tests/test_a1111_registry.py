@@ -166,3 +166,50 @@ def test_plan_from_setting_checkpoint_lora_name_metadata_and_fallback(tmp_path):
     assert plan.plan_from_name("dmd2_sdxl_1step_unet.safetensors", is_sdxl=True) == "sdxl_1step"
     assert plan.plan_from_name("juggernaut.safetensors", is_sdxl=True) is None
     assert set(plan.SETTING_CHOICES) == {"Automatic", *plan.PLAN_LABELS.values()}
+
+
+def forge_shaped_kdiff(table):
+    """A KDiffusionSampler shaped like Forge's: its own CFG denoiser (already cond-only at CFG 1), `sample` scaling
+    the noise by sigma_0 (or sqrt(1 + sigma_0^2) with the SGM option) and calling self.func with sigmas."""
+
+    class ForgeCFG:
+        def __init__(self):
+            self.sigmas = table
+            self.calls = []
+
+        def __call__(self, x, sigma, cond):
+            self.calls.append((float(sigma[0]), float(x.std())))
+            return x / (1 + sigma.view(-1, 1, 1, 1) ** 2).sqrt() * 0.1
+
+    class KDiffusionSampler:
+        def __init__(self, funcname, sd_model, options=None):
+            self.func = funcname
+            self.model_wrap = self.model_wrap_cfg = ForgeCFG()
+
+        def get_sigmas(self, p, steps):
+            return a1111.scheduler_function(steps, 0.03, 14.6, self.model_wrap_cfg, "cpu")
+
+        def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
+            sigmas = self.get_sigmas(p, steps or p.steps)
+            x = x * sigmas[0]
+            return self.func(self.model_wrap_cfg, x, extra_args={"cond": conditioning}, disable=True, sigmas=sigmas)
+
+    return types.SimpleNamespace(KDiffusionSampler=KDiffusionSampler)
+
+
+def test_forge_shaped_sampler_keeps_forge_cfg_and_feeds_unit_variance_noise(monkeypatch):
+    from sampler.schedule import training_sigmas
+    table = training_sigmas().float()
+    shared = types.SimpleNamespace(opts=types.SimpleNamespace(sgm_noise_multiplier=False, dmd2_plan="SDXL 1-step"),
+                                   sd_model=types.SimpleNamespace(is_sdxl=True, sd_checkpoint_info=None))
+    monkeypatch.setitem(sys.modules, "modules", types.SimpleNamespace(shared=shared))
+    monkeypatch.setitem(sys.modules, "modules.shared", shared)
+    cls = a1111.build_sampler_class(forge_shaped_kdiff(table), shared)
+    sampler = cls(sd_model=None)
+    assert type(sampler.model_wrap_cfg).__name__ == "ForgeCFG"  # Forge's CFG is kept
+    p = types.SimpleNamespace(steps=1, extra_generation_params={})
+    noise = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    sampler.sample(p, noise, None, None)
+    (sigma, std), = sampler.model_wrap_cfg.calls
+    assert sigma == pytest.approx(float(table[399]))  # the SDXL 1-step model's t = 399 ...
+    assert std == pytest.approx(float(noise.std()) * (1 + sigma ** 2) ** 0.5, rel=1e-5)  # ... on sqrt(1+s^2) noise
