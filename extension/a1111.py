@@ -231,4 +231,11 @@ def setup() -> bool:
         log.warning("DMD2: settings not added (%s); the sampler still works with the Automatic plan", e)
     register_scheduler(host["sd_schedulers"], host["kdiff"])
     register_sampler(host["sd_samplers"], host["common"], build_sampler_class(host["kdiff"], shared))
+    try:  # callbacks are cleared on Reload UI before scripts/ runs again, so this never duplicates
+        from modules import script_callbacks
+
+        from .ui import on_ui_tabs
+        script_callbacks.on_ui_tabs(on_ui_tabs)
+    except (ImportError, AttributeError) as e:
+        log.warning("DMD2: merge tab not added (%s); use python -m sampler.convert merge", e)
     return True

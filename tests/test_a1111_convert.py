@@ -186,3 +186,16 @@ def test_convert_lora_file_cli(tmp_path):
     out = load_file(tmp_path / "o.safetensors")
     assert set(out) == {"lora_unet_output_blocks_2_2_conv.lora_down.weight",
                         "lora_unet_output_blocks_2_2_conv.lora_up.weight", "lora_unet_output_blocks_2_2_conv.alpha"}
+
+
+def test_merge_tab_handler_writes_into_the_models_folder_and_reports_errors(tiny_files, tmp_path):
+    from tests.a1111.support import load_pack
+    load_pack()
+    from dmd2_pack.extension.ui import run_merge
+    folder, _, _ = tiny_files
+    base, unet = str(folder / "sdxl_base_tiny.safetensors"), str(folder / "dmd2_sdxl_4step_unet_tiny.safetensors")
+    assert run_merge(base, unet, "", 1.0, "merged", tmp_path).startswith("Wrote")
+    assert (tmp_path / "merged.safetensors").is_file()
+    assert "exists" in run_merge(base, unet, "", 1.0, "merged", tmp_path)
+    assert run_merge(base, unet, "", 1.0, "../escape", tmp_path).startswith("Error")
+    assert run_merge(base, "", "", 1.0, "x", tmp_path).startswith("Error")

@@ -6,6 +6,7 @@ extension that logs every UNet call), on a free 127.0.0.1 port, with a real-arch
 sampler), so every check reads the infotext and what the UNet really saw.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -66,10 +67,10 @@ class Server:
         return response, json.loads(response["info"]), calls
 
 
-@pytest.fixture(scope="module")
-def server(a1111, tmp_path_factory):
+@contextlib.contextmanager
+def running_a1111(a1111, tmp: Path, ui: bool = False):
+    """A1111 with this repo and the probe extension symlinked in, API up; killed and unlinked afterwards."""
     root, python = a1111
-    tmp = tmp_path_factory.mktemp("a1111")
     tag = f"{os.getpid()}"
     links = [root / "extensions" / f"dmd2-e2e-{tag}", root / "extensions" / f"dmd2-probe-{tag}"]
     links[0].symlink_to(ROOT, target_is_directory=True)
@@ -82,7 +83,7 @@ def server(a1111, tmp_path_factory):
     if hf_cache.is_dir() and "HF_HOME" not in os.environ:
         env["HF_HOME"] = str(hf_cache)  # this machine's offline tokenizer cache (see /work/hosts/a1111/SETUP.md)
     log = tmp / "a1111.log"
-    cmd = [str(python), "launch.py", "--nowebui", "--api", "--server-name", "127.0.0.1", "--port", str(port),
+    cmd = [str(python), "launch.py", *([] if ui else ["--nowebui"]), "--api", "--server-name", "127.0.0.1", "--port", str(port),
            "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check", "--do-not-download-clip",
            "--no-download-sd-model", "--use-cpu", "all", "--no-half", "--no-half-vae", "--precision", "full",
            "--no-hashing", "--api-server-stop", "--ckpt", str(_checkpoint(root))]
@@ -114,6 +115,12 @@ def server(a1111, tmp_path_factory):
             proc.wait(timeout=30)
         for link in links:
             link.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def server(a1111, tmp_path_factory):
+    with running_a1111(a1111, tmp_path_factory.mktemp("a1111")) as srv:
+        yield srv
 
 
 TXT2IMG = dict(prompt="a photo of a cat", width=64, height=64, cfg_scale=1, seed=1234, sampler_name="DMD2",
