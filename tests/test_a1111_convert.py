@@ -109,8 +109,8 @@ def test_write_safetensors_streams_a_readable_file(tmp_path):
 # --- merge on a small SDXL-layout model (real key structure, tiny widths) ----------------------------------------
 
 TINY_SDXL = dict(SDXL_CONFIG, block_out_channels=(32, 64, 64), attention_head_dim=(2, 4, 4), norm_num_groups=8,
-                 cross_attention_dim=2048, transformer_layers_per_block=(1, 1, 2), addition_time_embed_dim=8,
-                 projection_class_embeddings_input_dim=2048 + 48, sample_size=8)
+                 cross_attention_dim=64, transformer_layers_per_block=(1, 1, 2), addition_time_embed_dim=8,
+                 projection_class_embeddings_input_dim=64 + 48, sample_size=8)
 
 
 @pytest.fixture(scope="module")
