@@ -95,13 +95,17 @@ def running_a1111(a1111, tmp: Path, ui: bool = False):
         while True:
             if proc.poll() is not None:
                 raise AssertionError(f"A1111 exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                srv.get("samplers")
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"A1111 API not up after {START_TIMEOUT} s:\n{log.read_text()[-4000:]}")
-                time.sleep(1)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"A1111 API not up after {START_TIMEOUT} s:\n{log.read_text()[-4000:]}")
+            # no request before A1111 has added its API routes: in web UI mode an early request starts the app and
+            # A1111's own add_middleware then fails ("Cannot add middleware after an application has started")
+            if "Startup time" in log.read_text():
+                try:
+                    srv.get("samplers")
+                    break
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    pass
+            time.sleep(1)
         yield srv
     finally:
         try:
