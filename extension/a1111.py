@@ -95,16 +95,12 @@ def build_sampler_class(kdiff: Any, shared: Any) -> type:
     class DMD2CFGDenoiser(cfg_base or object):
         """A1111's CFG denoiser, skipping the unconditional pass when CFG 1 makes it irrelevant."""
 
-        model_calls = 0
-
         def forward(self, x, sigma, *args, **kwargs):
             cond_scale = kwargs.get("cond_scale", 1.0) * getattr(self, "cond_scale_miltiplier", 1.0)
             if not _cond_only_allowed(shared, kwargs.get("cond"), cond_scale):
                 return super().forward(x, sigma, *args, **kwargs)
-            with sampling.cond_rows_only(self.inner_model, x.shape[0]) as rows:
-                out = super().forward(x, sigma, *args, **kwargs)
-            self.model_calls += rows.model_calls
-            return out
+            with sampling.cond_rows_only(self.inner_model, x.shape[0]):
+                return super().forward(x, sigma, *args, **kwargs)
 
     class DMD2Sampler(kdiff.KDiffusionSampler):
         """The `DMD2` sampler: A1111's k-diffusion sampler running the core's sample_dmd2."""

@@ -5,7 +5,6 @@ import json
 import time
 import urllib.request
 
-import pytest
 
 from tests.a1111.test_e2e import TXT2IMG, running_a1111
 
