@@ -1,0 +1,61 @@
+"""The "DMD2" tab of A1111 / Forge: the merge tool (sampler.convert.merge_checkpoint) behind a button.
+
+A1111 cannot load DMD2's diffusers UNet, and a DMD2 LoRA applied at run time costs time on every generation
+(A1111 issue 16633); both become an ordinary checkpoint here, written to the host's Stable-diffusion folder.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..sampler.catalog import check_filename
+from ..sampler.convert import merge_checkpoint
+from ..sampler.errors import DMD2Error
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def run_merge(base: str, unet: str, lora: str, strength: float, name: str, models_dir: str | Path) -> str:
+    """Merge and report in one line (the tab's status); errors are reported, never raised into the UI."""
+    name = (name or "").strip()
+    if not name.endswith(".safetensors"):
+        name += ".safetensors"
+    try:
+        check_filename(name)
+    except DMD2Error as e:
+        return f"Error: {e}"
+    if not (unet or "").strip() and not (lora or "").strip():
+        return "Error: give a DMD2 UNet, a DMD2 LoRA to fuse, or both"
+    output = Path(models_dir) / name
+    if output.exists():
+        return f"Error: {output} exists; choose another name"
+    try:
+        merge_checkpoint(Path(base.strip()), output, unet=Path(unet.strip()) if unet.strip() else None,
+                         lora=Path(lora.strip()) if lora.strip() else None, lora_strength=float(strength))
+    except (DMD2Error, OSError) as e:
+        return f"Error: {e}"
+    return f"Wrote {output}. Refresh the checkpoint list and pick it; sample with DMD2 / DMD2 at CFG 1."
+
+
+def on_ui_tabs():
+    """A1111 ui-tabs callback: [(component, title, elem_id)]."""
+    import gradio as gr
+    from modules import sd_models, shared
+
+    models_dir = getattr(sd_models, "model_path", "models/Stable-diffusion")
+    info = getattr(getattr(shared, "sd_model", None), "sd_checkpoint_info", None)
+    with gr.Blocks(analytics_enabled=False) as tab:
+        gr.Markdown("Merge a DMD2 UNet (diffusers format) into an SDXL checkpoint, and/or fuse a DMD2 LoRA into "
+                    f"its weights. The result is written to `{models_dir}` and loads like any checkpoint.")
+        base = gr.Textbox(label="Base checkpoint (.safetensors path)", value=getattr(info, "filename", "") or "")
+        unet = gr.Textbox(label="DMD2 UNet, diffusers format (optional)")
+        lora = gr.Textbox(label="DMD2 LoRA to fuse into the weights (optional)")
+        strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="LoRA strength (1.0 on SDXL base, 0.5-0.75 "
+                                                                    "on finetunes)")
+        name = gr.Textbox(label="Output file name", value="sdxl_dmd2_4step.safetensors")
+        button = gr.Button("Merge", variant="primary")
+        status = gr.Markdown()
+        button.click(fn=lambda *a: run_merge(*a, models_dir), inputs=[base, unet, lora, strength, name],
+                     outputs=[status])
+    return [(tab, "DMD2", "dmd2_tools")]

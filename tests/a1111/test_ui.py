@@ -1,0 +1,54 @@
+"""The web UI of a real A1111: DMD2 in the txt2img / img2img sampler and scheduler dropdowns, the DMD2 tab and
+settings, and still exactly one of each after "Reload UI" (which re-executes every extension's scripts/)."""
+
+import json
+import time
+import urllib.request
+
+
+from tests.a1111.test_e2e import TXT2IMG, running_a1111
+
+
+def _config(base):
+    with urllib.request.urlopen(base + "config", timeout=60) as r:
+        return json.load(r)
+
+
+def _choices(config):
+    out = {}
+    for comp in config["components"]:
+        props = comp.get("props", {})
+        if props.get("elem_id") in ("txt2img_sampling", "img2img_sampling", "txt2img_scheduler", "img2img_scheduler"):
+            out[props["elem_id"]] = [c[0] if isinstance(c, list) else c for c in props.get("choices", [])]
+    return out
+
+
+def test_dropdowns_tab_and_reload_ui(a1111, tmp_path):
+    with running_a1111(a1111, tmp_path, ui=True) as srv:
+        base = srv.url.removesuffix("sdapi/v1/")
+        config = _config(base)
+        choices = _choices(config)
+        assert set(choices) == {"txt2img_sampling", "img2img_sampling", "txt2img_scheduler", "img2img_scheduler"}
+        assert all(c.count("DMD2") == 1 for c in choices.values()), choices
+        labels = [comp.get("props", {}).get("label") for comp in config["components"]]
+        assert "DMD2 plan (trained timesteps)" in labels
+        assert any(comp.get("props", {}).get("elem_id") == "tab_dmd2_tools" for comp in config["components"])
+
+        button = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") ==
+                      "settings_restart_gradio")
+        fn = next(i for i, d in enumerate(config["dependencies"])
+                  if any((t[0] if isinstance(t, list) else t) == button for t in d["targets"]))
+        request = urllib.request.Request(base + "run/predict", json.dumps({"fn_index": fn, "data": []}).encode(),
+                                         {"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=60).read()
+        deadline = time.monotonic() + 180
+        while "Restarting UI" not in srv.log.read_text() or srv.log.read_text().count("Startup time") < 2:
+            assert time.monotonic() < deadline, srv.log.read_text()[-3000:]
+            time.sleep(1)
+        time.sleep(2)
+        again = _choices(_config(base))
+        assert all(c.count("DMD2") == 1 for c in again.values()), again
+        assert [s["name"] for s in srv.get("samplers")].count("DMD2") == 1
+        _, info, calls = srv.post("txt2img", dict(TXT2IMG, steps=2))
+        assert "Sampler: DMD2," in info["infotexts"][0]
+        assert [c["t"] for c in calls] == [[999.0], [499.0]]
