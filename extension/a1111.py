@@ -233,5 +233,5 @@ def setup() -> bool:
         from .ui import on_ui_tabs
         script_callbacks.on_ui_tabs(on_ui_tabs)
     except (ImportError, AttributeError) as e:
-        log.warning("DMD2: merge tab not added (%s); use python -m sampler.convert merge", e)
+        log.warning("DMD2: merge tab not added (%s); use python -m sampler merge", e)
     return True

@@ -278,8 +278,9 @@ _KIND_HELP = {
                    "models/Stable-diffusion)"),
     "unet": ("a UNet only, with no text encoders or VAE",
              "load it with ComfyUI's Load Diffusion Model (models/diffusion_models) and take CLIP and VAE from "
-             "SDXL base 1.0 (catalog id sdxl-base-1.0) through Load Checkpoint; A1111 cannot load a UNet-only file, "
-             "use the DMD2 LoRA (dmd2-sdxl-4step-lora-fp16) on an SDXL checkpoint there"),
+             "SDXL base 1.0 (catalog id sdxl-base-1.0) through Load Checkpoint; A1111 cannot load a UNet-only file: "
+             "merge it into an SDXL checkpoint (`python -m sampler merge` or the DMD2 tab) or use the DMD2 LoRA "
+             "(dmd2-sdxl-4step-lora-fp16) there"),
     "lora": ("a LoRA", "apply it to a model with a LoRA loader (ComfyUI: LoraLoader, models/loras; A1111: "
                        "models/Lora and <lora:name:1> in the prompt)"),
     "vae": ("a VAE", "load it with a VAE loader (ComfyUI: Load VAE, models/vae; A1111: models/VAE)"),

@@ -1,4 +1,4 @@
-"""Command line: `python -m sampler generate PROMPT` and `python -m sampler models ...`."""
+"""Command line: `python -m sampler generate|live|models|merge|convert-lora ...`."""
 
 from __future__ import annotations
 
@@ -112,6 +112,7 @@ def run_live(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .convert import add_convert_subcommands
     from .models_cli import add_models_subcommand
 
     parser = argparse.ArgumentParser(prog="python -m sampler", description="DMD2 sampling without a host.")
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_subcommand(subparsers)
     add_live_subcommand(subparsers)
     add_models_subcommand(subparsers)
+    add_convert_subcommands(subparsers)
     return parser
 
 

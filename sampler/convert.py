@@ -465,19 +465,3 @@ def _merge(args: Any) -> int:
 def _convert_lora(args: Any) -> int:
     print(f"wrote {convert_lora_file(args.src, args.dest, args.base)}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    parser = argparse.ArgumentParser(prog="python -m sampler.convert", description=__doc__.split("\n\n")[0])
-    add_convert_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except DMD2Error as e:
-        print(f"error: {e}")
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -19,7 +19,8 @@ from .download import (STAGING, cached_sha256, default_models_dir, fetch_entry, 
 from .errors import DMD2Error
 
 _A1111_MISSING = {
-    "unet": "A1111 cannot load a UNet-only diffusers file; use the DMD2 LoRA on an SDXL checkpoint",
+    "unet": ("A1111 cannot load a UNet-only diffusers file: merge it into an SDXL checkpoint with "
+             "`python -m sampler merge` (or the DMD2 tab), or use the DMD2 LoRA"),
     "taesd": "A1111 downloads its own taesd*_decoder.pth into models/VAE-taesd",
 }
 

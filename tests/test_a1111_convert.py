@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sampler import convert
+from sampler import cli
 from sampler.convert import (LAYOUTS, ConversionError, TensorSource, convert_lora_to_ldm_names, kohya_unet_name_map,
                              layout_from_keys, merge_checkpoint, unet_key_map, write_safetensors)
 
@@ -182,7 +182,7 @@ def test_convert_lora_file_cli(tmp_path):
             "lora_unet_up_blocks_0_upsamplers_0_conv.lora_up.weight": torch.ones(4, 2, 1, 1),
             "lora_unet_up_blocks_0_upsamplers_0_conv.alpha": torch.tensor(1.0)}
     save_file(lora, tmp_path / "l.safetensors", metadata={"ss_network_dim": "2"})
-    assert convert.main(["convert-lora", str(tmp_path / "l.safetensors"), str(tmp_path / "o.safetensors")]) == 0
+    assert cli.main(["convert-lora", str(tmp_path / "l.safetensors"), str(tmp_path / "o.safetensors")]) == 0
     out = load_file(tmp_path / "o.safetensors")
     assert set(out) == {"lora_unet_output_blocks_2_2_conv.lora_down.weight",
                         "lora_unet_output_blocks_2_2_conv.lora_up.weight", "lora_unet_output_blocks_2_2_conv.alpha"}
