@@ -212,7 +212,7 @@ def vae_decode(vae: Any, samples: torch.Tensor) -> torch.Tensor:
 
 def latent_for_unet(model: Any, samples: torch.Tensor) -> torch.Tensor:
     """Latents as the UNet sees them (ComfyUI's LATENTs are divided by the VAE scale factor); TAESD reads these."""
-    return model.model.latent_format.process_latent_in(samples)
+    return model.model.process_latent_in(samples)
 
 
 def tiny_decoder_file(base: str | None) -> Path | None:
