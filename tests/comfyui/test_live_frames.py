@@ -79,3 +79,31 @@ def test_live_frames_decode_with_taesd_when_present(server):
         print(f"\nframe timings ms with TAESD: {t}")
     finally:
         path.unlink()
+
+
+def test_live_frame_waits_for_a_running_prompt(server):
+    """A frame asked for while a queue prompt runs starts only after it: frames never run next to a prompt."""
+    import threading
+    import time
+
+    from test_comfyui_e2e import Graph
+
+    server.run(session_graph())
+    g = Graph(server, sleep=1.5)  # the probe sleeps 1.5 s in each UNet call of the queued prompt
+    g.save(g.dmd2_ksampler(steps=2))
+    prompt_id = server.queue(g.nodes)
+    deadline = time.monotonic() + 300
+    while not g.calls():  # the prompt is inside its first UNet call
+        assert time.monotonic() < deadline, server.tail()
+        time.sleep(0.05)
+    assert server.get("/dmd2/live/status")["queue_busy"]
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(r=frame(server, {"prompt": "queue first", "seed": 2})))
+    thread.start()
+    server.wait(prompt_id)
+    done_at = time.monotonic()
+    thread.join(300)
+    code, data, timings = result["r"]
+    assert code == 200, data[:500]
+    assert timings["wait"] >= 1000, timings  # it waited for (most of) the prompt's 3 s
+    assert len(g.calls()) == 2 and time.monotonic() >= done_at
