@@ -134,3 +134,96 @@ def sample(model: Any, seed: int, sigmas: torch.Tensor, sampler: Any, positive: 
     result = latent.copy()
     result["samples"] = out
     return result
+
+
+# --- DMD2 Live (nodes/live.py): server routes, the prompt queue gate, one-frame sampling and decoding ---------------
+
+def server_routes() -> Any:
+    """The aiohttp RouteTableDef of ComfyUI's PromptServer (routes added before the server starts are served)."""
+    from server import PromptServer
+
+    return PromptServer.instance.routes
+
+
+def _prompt_queue() -> Any:
+    from server import PromptServer
+
+    return PromptServer.instance.prompt_queue
+
+
+def queue_busy() -> bool:
+    """True while ComfyUI's prompt queue holds or runs a prompt (a running prompt counts until it is done)."""
+    return _prompt_queue().get_tasks_remaining() > 0
+
+
+def install_queue_gate(lock: Any) -> bool:
+    """Make ComfyUI's prompt worker take `lock` (and drop it at once) after it takes a prompt off the queue and
+    before it runs it, so a prompt never starts during a live frame and waits at most one frame. Returns False,
+    changing nothing, if the queue no longer has the `get` / `get_tasks_remaining` this relies on."""
+    queue = _prompt_queue()
+    original = getattr(queue, "get", None)
+    if not callable(original) or not callable(getattr(queue, "get_tasks_remaining", None)):
+        return False
+    if getattr(original, "dmd2_gate", False):
+        return True
+
+    def get(*args: Any, **kwargs: Any) -> Any:
+        item = original(*args, **kwargs)
+        if item is not None:  # the prompt now counts as running: no new frame starts; wait for one in flight
+            with lock:
+                pass
+        return item
+
+    get.dmd2_gate = True  # type: ignore[attr-defined]
+    queue.get = get
+    return True
+
+
+def torch_device() -> torch.device:
+    import comfy.model_management
+
+    return comfy.model_management.get_torch_device()
+
+
+def encode_prompt(clip: Any, text: str) -> Any:
+    """CONDITIONING for `text`, as CLIPTextEncode computes it."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def sample_frame(model: Any, seed: int, sigmas: torch.Tensor, sampler: Any, positive: Any, latent: torch.Tensor,
+                 callback: Callable[..., None]) -> torch.Tensor:
+    """One frame's latent: `sampler` on `sigmas` at cfg 1 with seeded noise; no progress bar or preview is sent to
+    the UI (that belongs to the queue); `callback(step, x0, x, total)` runs after every step."""
+    import comfy.sample
+
+    samples = comfy.sample.fix_empty_latent_channels(model, latent)
+    noise = comfy.sample.prepare_noise(samples, seed)
+    return comfy.sample.sample_custom(model, noise, 1.0, sampler, sigmas, positive, positive, samples,
+                                      callback=callback, disable_pbar=True, seed=seed)
+
+
+def vae_decode(vae: Any, samples: torch.Tensor) -> torch.Tensor:
+    """The first image of a latent batch as (H, W, 3) in [0, 1], with the full VAE (as VAEDecode)."""
+    images = vae.decode(samples)
+    while images.dim() > 4:  # video VAEs add a frame axis
+        images = images[0]
+    return images[0]
+
+
+def latent_for_unet(model: Any, samples: torch.Tensor) -> torch.Tensor:
+    """Latents as the UNet sees them (ComfyUI's LATENTs are divided by the VAE scale factor); TAESD reads these."""
+    return model.model.process_latent_in(samples)
+
+
+def tiny_decoder_file(base: str | None) -> Path | None:
+    """models/vae_approx/taesd_decoder.* (SD1.5) or taesdxl_decoder.* (SDXL), None if absent."""
+    import folder_paths
+
+    if base not in ("sd15", "sdxl"):
+        return None
+    stem = "taesd_decoder" if base == "sd15" else "taesdxl_decoder"
+    for name in folder_paths.get_filename_list("vae_approx"):
+        if Path(name).stem == stem:
+            path = folder_paths.get_full_path("vae_approx", name)
+            return Path(path) if path else None
+    return None

@@ -6,9 +6,11 @@ for frames (the full VAE stays for final images). The command line's `live` mode
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
+from concurrent.futures import Future
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -111,3 +113,87 @@ def run_live_loop(session: LiveSession, prompts: Iterable[str], seed: int, outpu
         mean = FrameTimings({k: sum(f.stages[k] for f in measured) / len(measured) for k in measured[0].stages})
         print(f"mean of {len(measured)} frames after a warm-up: {mean}")
     return frames
+
+
+class Superseded(Exception):
+    """A newer request replaced this one before it finished."""
+
+
+class LatestWins:
+    """One worker thread that renders only the newest request: typing produces many requests, only the last counts.
+
+    `submit(payload)` returns a Future. A request still waiting when a newer one arrives is dropped (its Future raises
+    Superseded); the one being rendered sees its `cancelled()` turn true and stops at its next check (between stages
+    or sampler steps) by raising Superseded. `gate(cancelled)` is entered around each render: a context manager that
+    may wait (e.g. for an idle host queue, see `idle_gate`) and may raise Superseded while waiting.
+    """
+
+    def __init__(self, render: Callable[[Any, Callable[[], bool]], Any],
+                 gate: Callable[[Callable[[], bool]], Any] | None = None, name: str = "dmd2-live"):
+        self.render, self.gate, self.name = render, gate, name
+        self._cond = threading.Condition()
+        self._pending: tuple[int, Any, Future] | None = None
+        self._generation = 0
+        self._thread: threading.Thread | None = None
+
+    def submit(self, payload: Any) -> Future:
+        future: Future = Future()
+        with self._cond:
+            self._generation += 1
+            dropped, self._pending = self._pending, (self._generation, payload, future)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        if dropped is not None:
+            dropped[2].set_exception(Superseded("a newer request replaced it before it started"))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None:
+                    self._cond.wait()
+                generation, payload, future = self._pending
+                self._pending = None
+            if not future.set_running_or_notify_cancel():
+                continue
+
+            def cancelled(generation: int = generation) -> bool:
+                return self._generation != generation
+
+            try:
+                with (self.gate(cancelled) if self.gate else nullcontext()):
+                    check_cancelled(cancelled)
+                    result = self.render(payload, cancelled)
+            except BaseException as e:  # noqa: BLE001 - the caller gets every failure through its Future
+                future.set_exception(e)
+            else:
+                future.set_result(result)
+
+
+def check_cancelled(cancelled: Callable[[], bool]) -> None:
+    """Raise Superseded if a newer request has arrived (call between stages and sampler steps)."""
+    if cancelled():
+        raise Superseded("a newer request arrived while this one was rendering")
+
+
+@contextmanager
+def idle_gate(lock: threading.Lock, busy: Callable[[], bool], cancelled: Callable[[], bool],
+              poll: float = 0.05) -> Iterator[None]:
+    """Hold `lock` for one frame, taken only while `busy()` is false; wait (polling) while it is true.
+
+    The host's own worker takes the same lock (briefly) before it starts a job, and its job counts as busy from the
+    moment it is taken off the host queue, so host jobs and frames never overlap and a job waits at most one frame.
+    """
+    while True:
+        lock.acquire()
+        if not busy():
+            break
+        lock.release()
+        check_cancelled(cancelled)
+        time.sleep(poll)
+    try:
+        yield
+    finally:
+        lock.release()

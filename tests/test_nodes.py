@@ -87,7 +87,7 @@ def no_comfyui(monkeypatch):
 
 def test_node_ids_are_stable():
     assert set(nodes.NODE_CLASS_MAPPINGS) == {"DMD2UNetLoader", "DMD2LoraLoader", "DMD2Scheduler", "DMD2Sampler",
-                                              "DMD2KSampler"}
+                                              "DMD2KSampler", "DMD2LiveSession"}
     assert set(nodes.NODE_DISPLAY_NAME_MAPPINGS) == set(nodes.NODE_CLASS_MAPPINGS)
 
 
