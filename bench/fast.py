@@ -60,6 +60,7 @@ def switch_rows(tmp: Path) -> list[tuple[str, str, str]]:
     nhwc = best_times({"nhwc": step}, rounds=7)["nhwc"]
     pipe.unet.to(memory_format=torch.contiguous_format)
     rows = [("CPU UNet step, channels_last / contiguous", f"{nhwc / base:.2f}x", "on by default only if < 1")]
+    rows += dtype_and_compile_rows(pipe, cond, base)
 
     taesd = tiny_decoder().eval()  # PyTorch's default init: tiny random weights would make denormals, slow on CPU
     session = LiveSession(pipe, timesteps_for(1), SIZE, SIZE, taesd)
@@ -67,6 +68,23 @@ def switch_rows(tmp: Path) -> list[tuple[str, str, str]]:
     best = min((session.frame("a cat")[1] for _ in range(5)), key=lambda f: f.total)
     rows.append((f"CPU live frame {SIZE}^2, tiny SDXL-arch UNet + TAESD, cached prompt", str(best), "stage split"))
     return rows + decoder_rows(taesd)
+
+
+def dtype_and_compile_rows(pipe, cond, fp32_step: float) -> list[tuple[str, str, str]]:
+    """bf16 weights vs fp32, and torch.compile: its one-off cost and the per-step time after it (CPU)."""
+    from sampler.fast import compile_and_warm
+
+    def step():
+        return generate_latents(pipe.unet, cond, (999,), [0], SIZE, SIZE, progress=False)
+
+    pipe.unet.to(torch.bfloat16)
+    bf16 = best_times({"bf16": step}, rounds=5)["bf16"]
+    pipe.unet.to(torch.float32)
+    cost = compile_and_warm(step, pipe.unet, torch.device("cpu"))
+    compiled = best_times({"compiled": step}, rounds=7)["compiled"]
+    return [("CPU UNet step, bf16 / fp32 weights", f"{bf16 / fp32_step:.2f}x", "fp16 on CUDA, fp32 on CPU"),
+            ("CPU torch.compile: one-off cost", f"{cost:.1f} s", "paid once, reported"),
+            ("CPU UNet step, compiled / eager", f"{compiled / fp32_step:.2f}x", "opt-in (--compile)")]
 
 
 def decoder_rows(taesd: torch.nn.Module) -> list[tuple[str, str, str]]:

@@ -1,7 +1,8 @@
 """The fast path: switches that make a fixed-shape UNet run faster, each measured in `bench/` and used by default
 only where it helped there.
 
-- channels_last: NHWC convolutions; faster on CUDA tensor cores, usually slower on CPU.
+- channels_last: NHWC convolutions, the layout CUDA tensor-core convolutions prefer; on CPU it made no reliable
+  difference in `python -m bench` (0.98-1.03x).
 - attention: PyTorch SDPA (diffusers' default on torch 2) or xformers where installed.
 - compile: torch.compile for a fixed shape, "reduce-overhead" on CUDA (CUDA graphs); its one-off cost is timed and
   reported, not hidden in the first frame.
@@ -26,8 +27,9 @@ class FastPath:
 
     @classmethod
     def default_for(cls, device: torch.device) -> "FastPath":
-        """Measured defaults: channels_last only on CUDA (it slowed the CPU rows of `python -m bench`); compile is
-        opt-in because its cost (tens of seconds) only pays off over many frames of one shape."""
+        """Defaults: channels_last only on CUDA (no reliable gain on CPU in `python -m bench`; on CUDA it is the
+        layout cuDNN's tensor-core kernels use, not yet measured here: no GPU was lent); compile is opt-in because its
+        one-off cost (minutes on a 2-core CPU) only pays off over many frames of one shape."""
         return cls(channels_last=device.type == "cuda")
 
 
