@@ -5,9 +5,7 @@ else every test here is skipped, saying why.
         /work/main/.venv/bin/python -m pytest tests/forge -q
 """
 
-import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,13 +30,3 @@ def forge_paths() -> tuple[Path, Path]:
 def forge():
     return forge_paths()
 
-
-def host_env(root: Path) -> dict:
-    """Offline, CPU-only, no pip at run time; this machine's tokenizer cache if it sits next to the checkout."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               DO_NOT_TRACK="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", PIP_NO_INDEX="1")
-    for cache in (root.parent / "hf_cache", root.parent.parent / "a1111" / "hf_cache"):
-        if cache.is_dir() and "HF_HOME" not in os.environ:
-            env["HF_HOME"] = str(cache)
-            break
-    return env

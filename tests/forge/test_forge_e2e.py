@@ -20,11 +20,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import host_env
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 300
 REQUEST_TIMEOUT = 400
+
+
+def forge_env(root: Path) -> dict:
+    """Offline, CPU-only, no pip at run time; HF_HOME=<checkout>/../hf_cache if that exists (an offline cache)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+               DO_NOT_TRACK="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", PIP_NO_INDEX="1")
+    if (root.parent / "hf_cache").is_dir() and "HF_HOME" not in os.environ:
+        env["HF_HOME"] = str(root.parent / "hf_cache")
+    return env
 
 
 def _free_port() -> int:
@@ -72,7 +80,7 @@ def running_forge(forge, tmp: Path):
     links[0].symlink_to(ROOT, target_is_directory=True)
     links[1].symlink_to(ROOT / "tests" / "forge" / "probe", target_is_directory=True)
     port = _free_port()
-    env = dict(host_env(root), DMD2_PROBE_LOG=str(tmp / "unet_calls.jsonl"))
+    env = dict(forge_env(root), DMD2_PROBE_LOG=str(tmp / "unet_calls.jsonl"))
     log = tmp / "forge.log"
     cmd = [str(python), "launch.py", "--nowebui", "--api", "--server-name", "127.0.0.1", "--port", str(port),
            "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check", "--always-cpu",
