@@ -59,7 +59,7 @@ class Server:
             return json.load(r)
 
     def post(self, path: str, body: dict) -> tuple[dict, dict, list[dict]]:
-        """(response, info, UNet calls made for this request)."""
+        """(response, info, UNet calls made for this request); the probe's sampler records go to self.samplers."""
         self.probe_log.write_text("")
         request = urllib.request.Request(self.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
         try:
@@ -67,7 +67,9 @@ class Server:
                 response = json.load(r)
         except urllib.error.HTTPError as e:
             raise AssertionError(f"{path}: HTTP {e.code} {e.read()[:2000]!r}\nForge log:\n{self.log.read_text()[-6000:]}")
-        calls = [json.loads(line) for line in self.probe_log.read_text().splitlines() if line]
+        records = [json.loads(line) for line in self.probe_log.read_text().splitlines() if line]
+        self.samplers = [r for r in records if "sampler" in r]
+        calls = [r for r in records if "sampler" not in r]
         return response, json.loads(response["info"]), calls
 
 
@@ -181,3 +183,11 @@ def test_cfg_above_one_keeps_the_uncond_pass(server):
     _, info, calls = server.post("txt2img", dict(TXT2IMG, cfg_scale=3, steps=1))
     assert [c["batch"] for c in calls] == [2]
     assert "Sampler: DMD2," in info["infotexts"][0]
+
+
+def test_forge_runs_dmd2_through_its_own_cfg_denoiser(server):
+    """Forge's CFG function already skips the uncond pass at CFG 1 (sampling_function): our A1111 wrapper, which
+    routes the UNet wrapper's rows, must not replace Forge's CFGDenoiserKDiffusion."""
+    server.post("txt2img", TXT2IMG)
+    assert server.samplers and all(s["sampler"].endswith("DMD2Sampler") for s in server.samplers)
+    assert {s["cfg_denoiser"] for s in server.samplers} == {"modules.sd_samplers_kdiffusion.CFGDenoiserKDiffusion"}
