@@ -123,7 +123,8 @@ def build_sampler_class(kdiff: Any, shared: Any, forge: bool = False) -> type:
 
         def sample_dmd2(self, model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
             chosen = _run.plan or current_plan(shared)
-            off = sampling.off_plan_timesteps(sigmas, chosen.trained, getattr(self.model_wrap, "sigmas", None))
+            off = sampling.off_plan_timesteps(sigmas, chosen.trained, getattr(self.model_wrap, "sigmas", None),
+                                              getattr(self.model_wrap, "sigma_to_t", None))
             if off:
                 log.warning("DMD2: the schedule hits untrained timesteps %s; pick the DMD2 (or Automatic) schedule "
                             "type for exact DMD2", off)
