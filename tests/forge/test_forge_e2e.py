@@ -175,7 +175,7 @@ def test_img2img_and_hires_fix_land_only_on_trained_timesteps(server):
                                                  hr_upscaler="Latent", hr_additional_modules=["Use same choices"]))
     trained = {float(t) for t in TRAINED_TIMESTEPS["sdxl_4step"]}
     assert all(c["batch"] == 1 and set(c["t"]) <= trained for c in calls)
-    assert [c["t"] for c in calls][:4] == [[999.0], [749.0], [499.0], [249.0]]
+    assert [c["t"] for c in calls] == [[999.0], [749.0], [499.0], [249.0], [499.0], [499.0], [249.0], [249.0]]
     assert "Hires upscale: 1.5" in info["infotexts"][0]
 
 
