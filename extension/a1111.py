@@ -88,9 +88,18 @@ def _cond_only_allowed(shared: Any, cond: Any, cond_scale: float) -> bool:
     return sampling.cond_only_possible(cond, cond_scale)
 
 
-def build_sampler_class(kdiff: Any, shared: Any) -> type:
-    """A KDiffusionSampler subclass that runs DMD2 (built from the host's class, so it exists only inside A1111)."""
-    cfg_base = getattr(kdiff, "CFGDenoiserKDiffusion", None)
+def is_forge(sd_samplers: Any) -> bool:
+    """Forge (and reForge): its sampler registry has add_sampler, and its CFG skips the uncond pass at CFG 1."""
+    return hasattr(sd_samplers, "add_sampler")
+
+
+def build_sampler_class(kdiff: Any, shared: Any, forge: bool = False) -> type:
+    """A KDiffusionSampler subclass that runs DMD2 (built from the host's class, so it exists only inside A1111).
+
+    `forge`: keep the host's CFG denoiser. Forge also has CFGDenoiserKDiffusion, but its CFG runs through its own
+    sampling_function, which already drops the uncond pass at CFG 1 and never calls the wrapper we would reroute.
+    """
+    cfg_base = None if forge else getattr(kdiff, "CFGDenoiserKDiffusion", None)
 
     class DMD2CFGDenoiser(cfg_base or object):
         """A1111's CFG denoiser, skipping the unconditional pass when CFG 1 makes it irrelevant."""
@@ -108,13 +117,14 @@ def build_sampler_class(kdiff: Any, shared: Any) -> type:
         def __init__(self, sd_model):
             self._pure_noise = False
             super().__init__(self.sample_dmd2, sd_model)
-            if cfg_base is not None:  # A1111; Forge's CFG function already skips the uncond pass at CFG 1
+            if cfg_base is not None:  # A1111 only (see `forge` above)
                 self.model_wrap_cfg = DMD2CFGDenoiser(self)
                 self.model_wrap = self.model_wrap_cfg.inner_model
 
         def sample_dmd2(self, model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
             chosen = _run.plan or current_plan(shared)
-            off = sampling.off_plan_timesteps(sigmas, chosen.trained, getattr(self.model_wrap, "sigmas", None))
+            off = sampling.off_plan_timesteps(sigmas, chosen.trained, getattr(self.model_wrap, "sigmas", None),
+                                              getattr(self.model_wrap, "sigma_to_t", None))
             if off:
                 log.warning("DMD2: the schedule hits untrained timesteps %s; pick the DMD2 (or Automatic) schedule "
                             "type for exact DMD2", off)
@@ -176,7 +186,7 @@ def register_sampler(sd_samplers: Any, common: Any, sampler_class: type) -> Any:
         sd_samplers.all_samplers[existing[0]] = data
         sd_samplers.all_samplers_map[SAMPLER_NAME] = data
         sd_samplers.set_samplers()
-    elif hasattr(sd_samplers, "add_sampler"):  # Forge / reForge
+    elif is_forge(sd_samplers):
         sd_samplers.add_sampler(data)
         sd_samplers.all_samplers_map[SAMPLER_NAME] = data
     else:
@@ -226,7 +236,8 @@ def setup() -> bool:
     except (AttributeError, ImportError, TypeError) as e:
         log.warning("DMD2: settings not added (%s); the sampler still works with the Automatic plan", e)
     register_scheduler(host["sd_schedulers"], host["kdiff"])
-    register_sampler(host["sd_samplers"], host["common"], build_sampler_class(host["kdiff"], shared))
+    register_sampler(host["sd_samplers"], host["common"],
+                     build_sampler_class(host["kdiff"], shared, forge=is_forge(host["sd_samplers"])))
     try:  # callbacks are cleared on Reload UI before scripts/ runs again, so this never duplicates
         from modules import script_callbacks
 

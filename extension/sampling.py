@@ -61,10 +61,20 @@ def schedule(n: int, trained: Sequence[int], sigma_table: torch.Tensor | None) -
     return sigmas_for_timesteps(spread(trained, n), table).to(torch.float32)
 
 
-def off_plan_timesteps(sigmas: torch.Tensor, trained: Sequence[int], sigma_table: torch.Tensor | None) -> list[int]:
-    """Timesteps of a schedule that are not trained ones (a stock scheduler picked with the DMD2 sampler)."""
-    table = None if sigma_table is None else sigma_table.detach().to("cpu", torch.float64)
-    steps = sigma_to_timestep(sigmas[:-1].detach().to("cpu", torch.float64).clamp_min(1e-8), table)
+def off_plan_timesteps(sigmas: torch.Tensor, trained: Sequence[int], sigma_table: torch.Tensor | None,
+                       host_sigma_to_t: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[float]:
+    """Timesteps of a schedule that are not trained ones (a stock scheduler picked with the DMD2 sampler).
+
+    `host_sigma_to_t`: the host's own sigma -> timestep map (its model wrapper's sigma_to_t), so the list names the
+    timesteps the UNet really gets: A1111 interpolates (or quantizes, with its option on), Forge takes the nearest
+    integer. Without it, A1111's interpolation over `sigma_table`.
+    """
+    positive = sigmas[:-1].detach().clamp_min(1e-8)
+    if host_sigma_to_t is not None:
+        steps = host_sigma_to_t(positive).detach().to("cpu", torch.float64).flatten()
+    else:
+        table = None if sigma_table is None else sigma_table.detach().to("cpu", torch.float64)
+        steps = sigma_to_timestep(positive.to("cpu", torch.float64), table)
     return [round(float(t), 2) for t in steps if min(abs(float(t) - s) for s in trained) > 1e-3]
 
 
