@@ -2,32 +2,17 @@
 
     A1111_PATH=/work/hosts/a1111/webui A1111_PYTHON=/work/hosts/a1111/venv/bin/python \
         /work/main/.venv/bin/python -m pytest tests/a1111 -q
+
+`a1111` is (checkout, Python); `server` is A1111 running for one test module (tests/webui/harness.py).
 """
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.webui.harness import A1111, host_fixtures
 
-
-def a1111_paths() -> tuple[Path, Path]:
-    path = os.environ.get("A1111_PATH")
-    if not path:
-        pytest.skip("A1111_PATH is not set: these tests need a real A1111 (stable-diffusion-webui) checkout")
-    root = Path(path).expanduser().resolve()
-    if not (root / "launch.py").is_file() or not (root / "modules" / "sd_samplers.py").is_file():
-        pytest.skip(f"A1111_PATH={root} is not an A1111 checkout (no launch.py / modules/sd_samplers.py)")
-    python = Path(os.environ.get("A1111_PYTHON") or root / "venv" / "bin" / "python")
-    if not python.is_file():
-        pytest.skip(f"A1111's Python {python} not found: set A1111_PYTHON to the interpreter of its venv")
-    return root, python
-
-
-@pytest.fixture(scope="session")
-def a1111():
-    return a1111_paths()
+a1111, server = host_fixtures(A1111, "a1111")
 
 
 def run_host_probe(root: Path, python: Path, lora_keys: list[str]) -> dict:

@@ -1,182 +1,18 @@
 """End to end in a real A1111: the extension loads, DMD2 is listed, and txt2img / img2img / hires fix run exact DMD2.
 
-A1111 is started with this repository symlinked into its extensions folder (plus tests/a1111/probe, a test-only
-extension that logs every UNet call), on a free 127.0.0.1 port, with a real-architecture random-weight checkpoint at
-64x64; the symlinks are removed afterwards. Unknown sampler names do not fail in A1111 (they silently run the first
-sampler), so every check reads the infotext and what the UNet really saw.
+A1111 is started (tests/webui/harness.py) with this repository symlinked into its extensions folder (plus
+tests/webui/probe, a test-only extension that logs every UNet call), on a free 127.0.0.1 port, with a
+real-architecture random-weight checkpoint at 64x64; the symlinks are removed afterwards. The tests both hosts share
+are in tests/webui/shared_e2e.py; what only A1111 checks is here.
 """
 
-import contextlib
-import json
 import os
-import signal
-import socket
-import subprocess
-import time
-import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from sampler.plans import TRAINED_TIMESTEPS
-
-ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 240
-REQUEST_TIMEOUT = 400
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _checkpoint(root: Path) -> Path:
-    if os.environ.get("A1111_CKPT"):
-        return Path(os.environ["A1111_CKPT"])
-    found = sorted((root / "models" / "Stable-diffusion").glob("*.safetensors"))
-    if not found:
-        pytest.skip(f"no checkpoint in {root}/models/Stable-diffusion (set A1111_CKPT)")
-    return found[0]
-
-
-def _pixels(response: dict) -> bytes:
-    import base64
-    import io
-
-    from PIL import Image
-    return Image.open(io.BytesIO(base64.b64decode(response["images"][0]))).convert("RGB").tobytes()
-
-
-class Server:
-    def __init__(self, url: str, probe_log: Path, proc: subprocess.Popen, log: Path):
-        self.url, self.probe_log, self.proc, self.log = url, probe_log, proc, log
-
-    def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=60) as r:
-            return json.load(r)
-
-    def post(self, path: str, body: dict) -> tuple[dict, dict, list[dict]]:
-        """(response, info, UNet calls made for this request)."""
-        self.probe_log.write_text("")
-        request = urllib.request.Request(self.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as r:
-            response = json.load(r)
-        calls = [json.loads(line) for line in self.probe_log.read_text().splitlines() if line]
-        return response, json.loads(response["info"]), calls
-
-
-@contextlib.contextmanager
-def running_a1111(a1111, tmp: Path, ui: bool = False):
-    """A1111 with this repo and the probe extension symlinked in, API up; killed and unlinked afterwards."""
-    root, python = a1111
-    tag = f"{os.getpid()}"
-    links = [root / "extensions" / f"dmd2-e2e-{tag}", root / "extensions" / f"dmd2-probe-{tag}"]
-    links[0].symlink_to(ROOT, target_is_directory=True)
-    links[1].symlink_to(ROOT / "tests" / "a1111" / "probe", target_is_directory=True)
-    port = _free_port()
-    env = dict(os.environ, DMD2_PROBE_LOG=str(tmp / "unet_calls.jsonl"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               GRADIO_ANALYTICS_ENABLED="False", DO_NOT_TRACK="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="",
-               PIP_NO_INDEX="1")
-    hf_cache = root.parent / "hf_cache"
-    if hf_cache.is_dir() and "HF_HOME" not in os.environ:
-        env["HF_HOME"] = str(hf_cache)  # this machine's offline tokenizer cache (see /work/hosts/a1111/SETUP.md)
-    log = tmp / "a1111.log"
-    cmd = [str(python), "launch.py", *([] if ui else ["--nowebui"]), "--api", "--server-name", "127.0.0.1", "--port", str(port),
-           "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check", "--do-not-download-clip",
-           "--no-download-sd-model", "--use-cpu", "all", "--no-half", "--no-half-vae", "--precision", "full",
-           "--no-hashing", "--api-server-stop", "--ckpt", str(_checkpoint(root))]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    srv = Server(f"http://127.0.0.1:{port}/sdapi/v1/", tmp / "unet_calls.jsonl", proc, log)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"A1111 exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"A1111 API not up after {START_TIMEOUT} s:\n{log.read_text()[-4000:]}")
-            # no request before A1111 has added its API routes: in web UI mode an early request starts the app and
-            # A1111's own add_middleware then fails ("Cannot add middleware after an application has started")
-            if "Startup time" in log.read_text():
-                try:
-                    srv.get("samplers")
-                    break
-                except (urllib.error.URLError, ConnectionError, OSError):
-                    pass
-            time.sleep(1)
-        yield srv
-    finally:
-        try:
-            urllib.request.urlopen(urllib.request.Request(srv.url + "server-kill", b"", method="POST"), timeout=10)
-        except (urllib.error.URLError, ConnectionError, OSError):
-            pass
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        for link in links:
-            link.unlink(missing_ok=True)
-
-
-@pytest.fixture(scope="module")
-def server(a1111, tmp_path_factory):
-    with running_a1111(a1111, tmp_path_factory.mktemp("a1111")) as srv:
-        yield srv
-
-
-TXT2IMG = dict(prompt="a photo of a cat", width=64, height=64, cfg_scale=1, seed=1234, sampler_name="DMD2",
-               scheduler="DMD2", steps=4)
-
-
-def test_extension_loads_and_lists_dmd2(server):
-    assert "DMD2" in [s["name"] for s in server.get("samplers")]
-    assert "DMD2" in [s["label"] for s in server.get("schedulers")]
-    text = server.log.read_text()
-    assert "DMD2: not registered" not in text and "Error loading script: dmd2.py" not in text
-
-
-def test_txt2img_four_steps_one_unet_call_per_step_on_trained_timesteps(server):
-    _, info, calls = server.post("txt2img", TXT2IMG)
-    infotext = info["infotexts"][0]
-    assert "Sampler: DMD2," in infotext and "Schedule type: DMD2," in infotext and "Steps: 4," in infotext
-    assert "DMD2 plan: SDXL 4-step" in infotext
-    assert [c["t"] for c in calls] == [[999.0], [749.0], [499.0], [249.0]]  # batch 1: no uncond pass at CFG 1
-    assert calls[0]["std"] == pytest.approx(1.0, abs=0.15)  # unit-variance first UNet input
-
-
-def test_same_seed_same_image_and_automatic_scheduler_gives_the_dmd2_plan(server):
-    first, _, _ = server.post("txt2img", TXT2IMG)
-    again, info, calls = server.post("txt2img", dict(TXT2IMG, scheduler="Automatic"))
-    assert again["images"][0] == first["images"][0]
-    assert [c["t"] for c in calls] == [[999.0], [749.0], [499.0], [249.0]]
-    assert "Sampler: DMD2," in info["infotexts"][0]
-
-
-def test_sdxl_one_step_plan_runs_t399_from_unit_variance_noise(server):
-    _, info, calls = server.post("txt2img", dict(TXT2IMG, steps=1, override_settings={"dmd2_plan": "SDXL 1-step"}))
-    assert [c["t"] for c in calls] == [[399.0]]
-    assert calls[0]["std"] == pytest.approx(1.0, abs=0.15)  # not 0.758: the noise was rescaled to sqrt(1 + s^2)
-    assert "DMD2 plan: SDXL 1-step" in info["infotexts"][0]
-
-
-def test_img2img_and_hires_fix_land_only_on_trained_timesteps(server):
-    image, _, _ = server.post("txt2img", TXT2IMG)
-    _, info, calls = server.post("img2img", dict(TXT2IMG, init_images=[image["images"][0]], denoising_strength=0.5))
-    assert [c["t"] for c in calls] == [[749.0], [499.0], [249.0]]  # A1111: int(0.5 * 4) + 1 steps from the tail
-    _, info, calls = server.post("txt2img", dict(TXT2IMG, enable_hr=True, hr_scale=1.5, denoising_strength=0.5,
-                                                 hr_upscaler="Latent"))
-    trained = {float(t) for t in TRAINED_TIMESTEPS["sdxl_4step"]}
-    assert all(c["batch"] == 1 and set(c["t"]) <= trained for c in calls)
-    assert [c["t"] for c in calls][:4] == [[999.0], [749.0], [499.0], [249.0]]
-    assert "Hires upscale: 1.5" in info["infotexts"][0]
-
-
-def test_cfg_above_one_keeps_the_uncond_pass(server):
-    _, info, calls = server.post("txt2img", dict(TXT2IMG, cfg_scale=3, steps=1))
-    assert [c["batch"] for c in calls] == [2]
+from tests.webui.harness import A1111, TXT2IMG, checkpoint, pixels
+from tests.webui.shared_e2e import *  # noqa: F403  (the tests both hosts share, run here against A1111)
 
 
 def test_merged_checkpoint_loads_in_a1111_and_reproduces_its_unet_exactly(server, a1111, tmp_path):
@@ -192,7 +28,7 @@ def test_merged_checkpoint_loads_in_a1111_and_reproduces_its_unet_exactly(server
     from sampler.convert import merge_checkpoint
 
     root, _ = a1111
-    base = _checkpoint(root)
+    base = checkpoint(A1111, root)
     if inspect_file(base).base != "sd15":
         pytest.skip(f"{base.name} is not an SD1.5 checkpoint")
     import torch
@@ -214,6 +50,6 @@ def test_merged_checkpoint_loads_in_a1111_and_reproduces_its_unet_exactly(server
         assert f"Model: {name}," in info["infotexts"][0]
         assert "DMD2 plan: SD1.5 1-step" in info["infotexts"][0]  # from the merged file's dmd2_plan metadata
         assert [c["t"] for c in calls] == [[999.0]]
-        assert _pixels(image) == _pixels(reference)  # the PNGs differ only in their embedded infotext
+        assert pixels(image) == pixels(reference)  # the PNGs differ only in their embedded infotext
     finally:
         merged.unlink(missing_ok=True)

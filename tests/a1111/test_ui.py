@@ -6,7 +6,7 @@ import time
 import urllib.request
 
 
-from tests.a1111.test_e2e import TXT2IMG, running_a1111
+from tests.webui.harness import A1111, TXT2IMG, running
 
 
 def _config(base):
@@ -24,7 +24,7 @@ def _choices(config):
 
 
 def test_dropdowns_tab_and_reload_ui(a1111, tmp_path):
-    with running_a1111(a1111, tmp_path, ui=True) as srv:
+    with running(A1111, a1111, tmp_path, ui=True) as srv:
         base = srv.url.removesuffix("sdapi/v1/")
         config = _config(base)
         choices = _choices(config)
