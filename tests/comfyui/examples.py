@@ -87,15 +87,20 @@ def _finish(w: Workflow, latent: int, ckpt: int, x: int, prefix: str) -> None:
     w.node("SaveImage", (x, 220), [prefix], images=(decode, 0))
 
 
+def _dmd2_ksampler_txt2img(w: Workflow, model: int, ckpt: int, prefix: str) -> None:
+    """Prompt, 1024^2 empty latent, DMD2 KSampler at 4 steps on `model`, decode and save."""
+    pos = _text(w, ckpt, 400, 80)
+    empty = w.node("EmptyLatentImage", (400, 300), [1024, 1024, 1])
+    sample = w.node("DMD2KSampler", (760, 80), [0, "randomize", 4, 1.0, 1.0], model=(model, 0), positive=(pos, 0),
+                    latent_image=(empty, 0))
+    _finish(w, sample, ckpt, 1120, prefix)
+
+
 def lora_4step() -> Workflow:
     w = Workflow("SDXL 4-step: DMD2 LoRA on SDXL base")
     ckpt = w.node("CheckpointLoaderSimple", (40, 80), [SDXL])
     lora = w.node("DMD2LoraLoader", (40, 260), ["catalog: dmd2-sdxl-4step-lora-fp16", 1.0], model=(ckpt, 0))
-    pos = _text(w, ckpt, 400, 80)
-    empty = w.node("EmptyLatentImage", (400, 300), [1024, 1024, 1])
-    sample = w.node("DMD2KSampler", (760, 80), [0, "randomize", 4, 1.0, 1.0], model=(lora, 0), positive=(pos, 0),
-                    latent_image=(empty, 0))
-    _finish(w, sample, ckpt, 1120, "dmd2_lora_4step")
+    _dmd2_ksampler_txt2img(w, lora, ckpt, "dmd2_lora_4step")
     return w
 
 
@@ -103,11 +108,7 @@ def unet_4step() -> Workflow:
     w = Workflow("SDXL 4-step: DMD2 UNet, CLIP and VAE from SDXL base")
     unet = w.node("DMD2UNetLoader", (40, 80), ["catalog: dmd2-sdxl-4step-unet-fp16", "default", "auto"])
     ckpt = w.node("CheckpointLoaderSimple", (40, 260), [SDXL])
-    pos = _text(w, ckpt, 400, 80)
-    empty = w.node("EmptyLatentImage", (400, 300), [1024, 1024, 1])
-    sample = w.node("DMD2KSampler", (760, 80), [0, "randomize", 4, 1.0, 1.0], model=(unet, 0), positive=(pos, 0),
-                    latent_image=(empty, 0))
-    _finish(w, sample, ckpt, 1120, "dmd2_unet_4step")
+    _dmd2_ksampler_txt2img(w, unet, ckpt, "dmd2_unet_4step")
     return w
 
 
