@@ -38,6 +38,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from .download import default_models_dir, tqdm_progress
     from .pipeline import (decode_to_images, generate_latents, load_dmd2_sdxl, pick_device_and_dtype, save_images,
                            sdxl_conditioning)
+    from .noise import batch_seeds
     from .plans import timesteps_for
 
     if args.batch < 1:
@@ -50,8 +51,8 @@ def run_generate(args: argparse.Namespace) -> int:
     print(f"[DMD2] {len(prompts)} image(s), {args.width}x{args.height}, timesteps {list(timesteps)}, "
           f"{device} {str(dtype).removeprefix('torch.')}")
     cond = sdxl_conditioning(pipe, prompts, args.width, args.height)
-    latents = generate_latents(pipe.unet, cond, timesteps, range(args.seed, args.seed + len(prompts)),
-                               args.width, args.height)
+    latents = generate_latents(pipe.unet, cond, timesteps, batch_seeds(args.seed, len(prompts)), args.width,
+                               args.height)
     for path in save_images(decode_to_images(pipe.vae, latents), args.output):
         print(path)
     return 0
