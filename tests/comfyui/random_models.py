@@ -3,7 +3,8 @@
 ComfyUI detects a diffusers UNet by matching its exact config, so the UNet is full-size SD1.5 (860M parameters,
 fp16, 1.7 GB); CLIP-L (HF keys) and the SD VAE (diffusers keys) load through CLIPLoader and VAELoader. Weights come
 from fixed seeds, so every machine builds the same files. An SDXL-shaped LoRA stub (one module) checks the base
-mismatch message.
+mismatch message; an SD1.5 LoRA in DMD2's kohya key format (every module DMD2 adapts, rank 4, a few MB) covers the
+UNet of the same SD1.5 config.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from safetensors.torch import save_file
 
 VERSION = "1"
 FILES = {"unet": "diffusion_models/e2e_sd15_unet.safetensors", "clip": "text_encoders/e2e_clip_l.safetensors",
-         "vae": "vae/e2e_sd_vae.safetensors", "sdxl_lora": "loras/e2e_sdxl_lora.safetensors"}
+         "vae": "vae/e2e_sd_vae.safetensors", "sdxl_lora": "loras/e2e_sdxl_lora.safetensors",
+         "sd15_lora": "loras/e2e_sd15_dmd2_lora.safetensors"}
+SD15_UNET_CONFIG = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
 
 
 def cache_dir() -> Path:
@@ -39,7 +42,7 @@ def build(root: Path | None = None) -> dict[str, Path]:
         from diffusers import UNet2DConditionModel
 
         torch.manual_seed(0)
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD1.5 config
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)  # SD1.5 config
         _save(unet.state_dict(), paths["unet"], torch.float16)
     if not paths["clip"].exists():
         from transformers import CLIPTextConfig, CLIPTextModel
@@ -64,4 +67,21 @@ def build(root: Path | None = None) -> dict[str, Path]:
         _save({f"{key}.lora_down.weight": torch.randn(4, 2048, generator=g) * 0.01,
                f"{key}.lora_up.weight": torch.zeros(640, 4), f"{key}.alpha": torch.tensor(4.0)},
               paths["sdxl_lora"], torch.float16)
+    if not paths["sd15_lora"].exists():
+        _save(sd15_dmd2_lora(), paths["sd15_lora"], torch.float16)
     return paths
+
+
+def sd15_dmd2_lora(rank: int = 4) -> dict[str, torch.Tensor]:
+    """A LoRA in DMD2's exact kohya key format (sampler.tiny.dmd2_format_lora) over the SD1.5 diffusers UNet above;
+    the UNet is built on the meta device (module shapes only, no weights). Values ~0.05 so the update is visible."""
+    import sys
+
+    from diffusers import UNet2DConditionModel
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from sampler.tiny import dmd2_format_lora
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+    return dmd2_format_lora(unet, rank=rank, alpha=float(rank), seed=4)

@@ -20,13 +20,13 @@ _runs = itertools.count()
 class Graph:
     """A prompt: random-weight UNet through DMD2 Load UNet (+ probe), CLIP-L, VAE, a prompt and an empty latent."""
 
-    def __init__(self, server, plan: str = "auto", batch: int = 1, sleep: float = 0.0):
+    def __init__(self, server, plan: str = "auto", batch: int = 1, sleep: float = 0.0, weight_dtype: str = "default"):
         self.dir = server.base / f"run{next(_runs)}"
         self.dir.mkdir()
         self.log = self.dir / "unet.jsonl"
         self.nodes = {
             "unet": {"class_type": "DMD2UNetLoader", "inputs": {"unet_name": "e2e_sd15_unet.safetensors",
-                                                                "weight_dtype": "default", "plan": plan}},
+                                                                "weight_dtype": weight_dtype, "plan": plan}},
             "model": {"class_type": "DMD2TestProbe", "inputs": {"model": ["unet", 0], "log_path": str(self.log),
                                                                 "sleep": sleep}},
             "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": "e2e_clip_l.safetensors",
@@ -79,6 +79,10 @@ class Graph:
 
     def first_input(self) -> torch.Tensor:
         return load_file(str(self.log) + ".first.safetensors")["x"]
+
+    def model_info(self) -> dict:
+        """The MODEL the probe wrapped: {"dtype": its weight dtype, "patches": how many weights are patched}."""
+        return json.loads(Path(str(self.log) + ".model.json").read_text())
 
     def progress(self) -> list[dict]:
         path = Path(str(self.log) + ".progress")
@@ -238,3 +242,79 @@ def test_example_workflows_match_this_comfyui(server, name):
         for (input_name, kind), value in zip(widgets, values):
             if isinstance(kind, list) and input_name not in ("ckpt_name",):
                 assert value in kind, (node["type"], input_name, value)
+
+
+SD15_LORA = "e2e_sd15_dmd2_lora.safetensors"
+
+
+def run_logged(server, graph: dict) -> str:
+    """Run a prompt; the server log lines it wrote (up to ComfyUI's "Prompt executed" line, which follows it)."""
+    before = server.log.read_text(errors="replace")
+    server.run(graph)
+    deadline = time.monotonic() + 30
+    while True:
+        text = server.log.read_text(errors="replace")
+        if text.count("Prompt executed") > before.count("Prompt executed"):
+            return text[len(before):]
+        assert time.monotonic() < deadline, server.tail()
+        time.sleep(0.2)
+
+
+def lora_graph(server, strength: float | None) -> tuple[Graph, Path]:
+    """4 steps through the stock KSampler (sampler and scheduler dmd2); the UNet is loaded with the 1-step plan (399)
+    so only the LoRA loader's tag gives 999/749/499/249. strength None: no LoRA, the UNet planned 4-step itself."""
+    g = Graph(server, plan="sdxl_4step" if strength is None else "sdxl_1step")
+    if strength is not None:
+        lora = g.add("lora", "DMD2LoraLoader", model=["unet", 0], lora_name=SD15_LORA, strength=strength)
+        g.nodes["model"]["inputs"]["model"] = lora
+    return g, g.save(g.stock_ksampler(steps=4))
+
+
+def test_dmd2_format_lora_applies_every_module_and_tags_the_model(server, models):
+    modules = sum(k.endswith(".alpha") for k in load_file(str(models["sd15_lora"])))
+    assert modules > 250  # every module DMD2 adapts in the SD1.5 UNet
+
+    g, with_lora = lora_graph(server, 1.0)
+    text = run_logged(server, g.nodes)
+    assert f"{SD15_LORA} is not a recognised DMD2 release" in text  # the log slice holds the loader's warnings
+    assert "lora key not loaded" not in text, [line for line in text.splitlines() if "lora key not loaded" in line]
+    assert g.model_info()["patches"] == modules  # one patched weight per LoRA module
+    assert g.timesteps() == [999, 749, 499, 249]
+
+    g0, zero = lora_graph(server, 0.0)
+    run_logged(server, g0.nodes)
+    assert g0.model_info()["patches"] == 0
+    assert g0.timesteps() == [999, 749, 499, 249]
+
+    base, without = lora_graph(server, None)
+    server.run(base.nodes)
+    assert base.timesteps() == [999, 749, 499, 249]
+
+    assert torch.isfinite(latent(with_lora)).all()
+    assert torch.equal(latent(zero), latent(without)), "strength 0 changed the result"
+    diff = float((latent(with_lora) - latent(without)).abs().max())
+    assert diff > 1e-3 * float(latent(without).abs().max()), diff
+
+
+DTYPES = {"fp16": "torch.float16", "bf16": "torch.bfloat16"}
+
+
+@pytest.mark.parametrize("weight_dtype", list(DTYPES))
+def test_unet_loader_weight_dtype_runs_to_an_image(server, weight_dtype):
+    g = Graph(server, weight_dtype=weight_dtype)
+    out = g.save(g.dmd2_ksampler(steps=4))
+    vae = g.add("vae", "VAELoader", vae_name="e2e_sd_vae.safetensors")
+    image = g.add("decode", "VAEDecode", samples=["sample", 0], vae=vae)
+    g.add("preview", "PreviewImage", images=image)
+    entry = server.run(g.nodes)
+    assert g.model_info()["dtype"] == DTYPES[weight_dtype]
+    assert g.timesteps() == [999, 749, 499, 249]
+    assert torch.isfinite(latent(out)).all() and latent(out).shape == (1, 4, 8, 8)
+    images = entry["outputs"]["preview"]["images"]
+    assert len(images) == 1 and images[0]["filename"].endswith(".png")
+    if weight_dtype == "fp16":  # the file is fp16: the same weights as the default (fp32 on CPU) load
+        default = Graph(server)
+        ref = default.save(default.dmd2_ksampler(steps=4))
+        server.run(default.nodes)
+        assert default.model_info()["dtype"] != DTYPES["fp16"]
+        assert_close(latent(out), latent(ref))

@@ -3,7 +3,8 @@
 - DMD2TestProbe: wraps the MODEL's diffusion model (DIFFUSION_MODEL wrapper) and appends, for every UNet call, the
   integer timesteps and input statistics it received to a JSON-lines file; saves the first call's input tensor.
   An optional sleep per call makes interrupt tests deterministic. It also wraps ComfyUI's progress-bar hook (what
-  the UI's progress bar and step previews go through) to log (value, total, has_preview) next to the calls.
+  the UI's progress bar and step previews go through) to log (value, total, has_preview) next to the calls, and
+  writes the MODEL it got (weight dtype, number of patched weights) to a .model.json file.
 - DMD2TestReference: the same run computed directly with the core `sample_dmd2` on BaseModel.apply_model, bypassing
   ComfyUI's sampler machinery and our glue: the result the glue must reproduce.
 - DMD2TestSaveLatent: writes a LATENT to a file the test reads back.
@@ -72,6 +73,8 @@ class DMD2TestProbe:
                 time.sleep(sleep)
             return executor(x, timesteps, *args, **kwargs)
 
+        with open(log_path + ".model.json", "w") as f:
+            json.dump({"dtype": str(model.model.get_dtype()), "patches": len(model.patches)}, f)
         m = model.clone()
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "dmd2_test_probe", probe)
         return (m,)
