@@ -67,13 +67,14 @@ function buildPanel(root) {
     image.src = url;
     shown = id;
     const now = performance.now();
-    if (lastShownAt) fps = 0.7 * fps + 0.3 * (1000 / (now - lastShownAt));
+    // frames actually shown per second, smoothed; unknown until a second frame arrives
+    if (lastShownAt) fps = fps ? 0.7 * fps + 0.3 * (1000 / (now - lastShownAt)) : 1000 / (now - lastShownAt);
     lastShownAt = now;
     const transfer = Math.max(0, roundTrip - (t.server || 0));
     const f = (v) => (v === undefined ? "-" : v.toFixed(1));
     stats.textContent = `encode ${f(t.encode)} | unet ${f(t.unet)} | decode ${f(t.decode)} | jpeg ${f(t.image)} | ` +
       `wait ${f(t.wait)} | transfer ${f(transfer)} ms | frame ${f(roundTrip)} ms, ` +
-      `${(1000 / roundTrip).toFixed(1)} fps (shown ${fps.toFixed(1)}/s)`;
+      `${(1000 / roundTrip).toFixed(1)} fps (shown ${fps ? fps.toFixed(1) : "-"}/s)`;
     stats.dataset.requestId = String(id);
   }
 
