@@ -21,9 +21,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .catalog import PICKLE_SUFFIXES, Catalog, Entry, load_catalog
+from .convert import TensorSource, write_safetensors
 from .download import ProgressCallback, cached_sha256, check_disk_space, fetch_entry, file_sha256
 from .errors import (BaseMismatchError, CorruptFileError, ModelNotFoundError, UnsafeFileError, UnknownModelError,
                      WrongKindError)
@@ -309,7 +310,8 @@ def check_compatible(info: FileInfo, expected_kind: str, base: str | None = None
 
 
 def convert_to_safetensors(src: Path | str, entry: Entry, dest: Path | str | None = None) -> Path:
-    """Write a verified pickle's tensors once to a .safetensors file next to it, atomically; return its path.
+    """Write a verified pickle's tensors once to a .safetensors file next to it, atomically and one tensor at a
+    time (the merge tool's writer); return its path.
 
     Hosts then load the safetensors copy (no pickle at all); the catalog id and source sha256 go into its metadata,
     so it is recognised without hashing it again.
@@ -318,14 +320,9 @@ def convert_to_safetensors(src: Path | str, entry: Entry, dest: Path | str | Non
     dest = Path(dest) if dest is not None else src.with_name(entry.converted_filename)
     sd = load_state_dict(src)
     check_disk_space(dest.parent, src.stat().st_size, f"converting {src.name} to safetensors")
-    tmp = dest.with_name(dest.name + ".tmp")
-    try:
-        save_file({k: v.contiguous() for k, v in sd.items()}, tmp,
-                  metadata={"format": "pt", "dmd2_catalog_id": entry.id, "dmd2_source_sha256": entry.sha256})
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    tensors = {k: TensorSource(v.dtype, tuple(v.shape), (lambda v=v: v)) for k, v in sd.items()}
+    return write_safetensors(dest, tensors, {"format": "pt", "dmd2_catalog_id": entry.id,
+                                             "dmd2_source_sha256": entry.sha256})
 
 
 def _converted_copy(entry: Entry, folder: Path) -> Path | None:
