@@ -10,7 +10,7 @@ from ..sampler.catalog import load_catalog
 from ..sampler.checkpoints import FileInfo, check_compatible, inspect_file, is_pickle_file, load_state_dict
 from ..sampler.checkpoints import resolve_model
 from ..sampler.errors import DMD2Error
-from ..sampler.plans import TRAINED_TIMESTEPS
+from ..sampler.plans import DEFAULT_TRAINED, TRAINED_TIMESTEPS
 from . import host
 from .tags import DMD2Facts, tag_model
 
@@ -64,7 +64,7 @@ def facts_for(info: FileInfo, plan: str = "auto") -> DMD2Facts:
         return DMD2Facts(info.trained_timesteps, source=info.entry.id)
     log.warning("[DMD2] %s is not a recognised DMD2 release (by checksum or name): planning with the 4-step "
                 "timesteps 999/749/499/249; pick the plan on the loader if it is a 1-step model", info.name)
-    return DMD2Facts(TRAINED_TIMESTEPS["sdxl_4step"], source="default 4-step plan")
+    return DMD2Facts(DEFAULT_TRAINED, source="default 4-step plan")
 
 
 def warn_misplaced_unets() -> list[str]:
