@@ -1,8 +1,8 @@
 """Which DMD2 plan (trained timesteps) a run uses: the user's setting, else the model in use, else 4 steps.
 
 Host-free: the A1111 / Forge glue passes the loaded checkpoint and LoRA files (with the sha256 the host already
-knows, if any); we recognise released DMD2 files by catalog sha256, files our tools wrote by their `dmd2_plan`
-metadata, and other files by name ("dmd2" and "1step" / "4step"), as the catalog does.
+knows, if any); we recognise released DMD2 files by catalog sha256, files our tools wrote by their `dmd2_plan` or
+`dmd2_trained_timesteps` metadata, and other files by name ("dmd2" and "1step" / "4step"), as the catalog does.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..sampler.catalog import load_catalog
-from ..sampler.checkpoints import is_pickle_file, read_safetensors_header
+from ..sampler.checkpoints import (TRAINED_TIMESTEPS_KEY, is_pickle_file, read_safetensors_header,
+                                   timesteps_from_metadata)
 from ..sampler.errors import DMD2Error
 from ..sampler.plans import TRAINED_TIMESTEPS
 
@@ -58,6 +59,18 @@ def plan_from_name(name: str, is_sdxl: bool | None) -> str | None:
     return "sd15_1step"  # an SD1.5 DMD2 model: the only released one is 1-step
 
 
+def _plan_with_timesteps(stamp: str | None) -> str | None:
+    """The plan whose timesteps a trainer-exported file was trained on (our distiller stamps the timesteps).
+
+    A1111 runs named plans only, so a student trained on other timesteps falls through to the name / default rules.
+    """
+    try:
+        stamped = timesteps_from_metadata({TRAINED_TIMESTEPS_KEY: stamp}) if stamp else None
+    except DMD2Error:
+        return None
+    return next((name for name, trained in TRAINED_TIMESTEPS.items() if trained == stamped), None)
+
+
 @functools.lru_cache(maxsize=64)
 def _plan_of_file(path: str, sha256: str | None, is_sdxl: bool | None, _stamp: tuple) -> tuple[str, str] | None:
     if sha256:
@@ -71,6 +84,9 @@ def _plan_of_file(path: str, sha256: str | None, is_sdxl: bool | None, _stamp: t
             meta = {}
         if meta.get(PLAN_METADATA_KEY) in TRAINED_TIMESTEPS:
             return meta[PLAN_METADATA_KEY], f"{PLAN_METADATA_KEY} metadata of {Path(path).name}"
+        plan = _plan_with_timesteps(meta.get(TRAINED_TIMESTEPS_KEY))
+        if plan:
+            return plan, f"{TRAINED_TIMESTEPS_KEY} metadata of {Path(path).name}"
     plan = plan_from_name(Path(path).name, is_sdxl)
     return (plan, f"file name {Path(path).name}") if plan else None
 

@@ -61,7 +61,7 @@ def facts_for(info: FileInfo, plan: str = "auto") -> DMD2Facts:
     if plan != "auto":
         return DMD2Facts(TRAINED_TIMESTEPS[plan], source=f"plan {plan} chosen on the node")
     if info.trained_timesteps:
-        return DMD2Facts(info.trained_timesteps, source=info.entry.id)
+        return DMD2Facts(info.trained_timesteps, source=info.timesteps_source)
     log.warning("[DMD2] %s is not a recognised DMD2 release (by checksum or name): planning with the 4-step "
                 "timesteps 999/749/499/249; pick the plan on the loader if it is a 1-step model", info.name)
     return DMD2Facts(DEFAULT_TRAINED, source="default 4-step plan")

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from .catalog import PICKLE_SUFFIXES, Catalog, Entry, load_catalog
 from .convert import TensorSource, write_safetensors
 from .download import ProgressCallback, cached_sha256, check_disk_space, fetch_entry, file_sha256
+from .plans import check_trained
 from .errors import (BaseMismatchError, CorruptFileError, ModelNotFoundError, UnsafeFileError, UnknownModelError,
                      WrongKindError)
 
@@ -35,6 +36,25 @@ _CROSS_ATTENTION_DIM = {2048: "sdxl", 768: "sd15"}
 _LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.", "_lora.down.",
                  "_lora.up.")
 _MAX_HEADER = 100 << 20
+#: safetensors metadata key our trainer stamps into the models it exports: "999,749,499,249", first step first.
+TRAINED_TIMESTEPS_KEY = "dmd2_trained_timesteps"
+
+
+def timesteps_metadata(trained: Sequence[int]) -> dict[str, str]:
+    """The metadata entry that makes our loaders and samplers run an exported generator on `trained`."""
+    return {TRAINED_TIMESTEPS_KEY: ",".join(str(t) for t in check_trained(trained))}
+
+
+def timesteps_from_metadata(metadata: Mapping[str, str], name: str | None = None) -> tuple[int, ...] | None:
+    """Trained timesteps stamped in a file's metadata, None when it has none; a malformed stamp is an error."""
+    raw = metadata.get(TRAINED_TIMESTEPS_KEY)
+    if raw is None:
+        return None
+    try:
+        return check_trained(int(t) for t in raw.split(","))
+    except ValueError as e:
+        raise CorruptFileError(f"{name or 'the file'} has a malformed {TRAINED_TIMESTEPS_KEY} metadata entry "
+                               f"{raw!r}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -54,11 +74,22 @@ class FileInfo:
     name: str | None = None
     entry: Entry | None = None
     matched_by: str | None = None
+    stamped_timesteps: tuple[int, ...] | None = None
 
     @property
     def trained_timesteps(self) -> tuple[int, ...] | None:
-        """Trained timesteps of a recognised DMD2 file, None otherwise (the host's own schedule then applies)."""
+        """Trained timesteps of a DMD2 file: stamped in its metadata by our trainer, else those of the recognised
+        release; None otherwise (the host's own schedule then applies)."""
+        if self.stamped_timesteps:
+            return self.stamped_timesteps
         return self.entry.trained_timesteps if self.entry else None
+
+    @property
+    def timesteps_source(self) -> str | None:
+        """Where `trained_timesteps` came from, for log lines and infotext."""
+        if self.stamped_timesteps:
+            return f"{TRAINED_TIMESTEPS_KEY} metadata of {self.name}"
+        return self.entry.id if self.entry else None
 
 
 @dataclass(frozen=True)
@@ -250,7 +281,7 @@ def _inspect_shapes(shapes: Mapping[str, Sequence[int]], name: str | None, *, ca
     if base is None and entry is not None and kind == entry.kind:
         base = entry.base  # a TAESD or VAE looks the same for both bases; a released file says which it is
     return FileInfo(kind=kind, base=base, format=fmt, num_tensors=len(shapes), name=name, entry=entry,
-                    matched_by=matched_by)
+                    matched_by=matched_by, stamped_timesteps=timesteps_from_metadata(metadata, name))
 
 
 def inspect_file(path: Path | str, *, catalog: Catalog | None = None, hash_file: bool = False,

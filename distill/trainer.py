@@ -1,0 +1,302 @@
+"""The DMD2 training loop (Yin et al. 2024, "Improved Distribution Matching Distillation for Fast Image Synthesis").
+
+One `step()` is one update of the critic (fake-score UNet + GAN head) and, every `ttur`-th step, first one update
+of the generator (two time-scale update rule, DMD2 sec. 4.2). The generator's inputs come from backward simulation:
+its own no-grad rollout on the trained timesteps, made by `sample_dmd2` itself, so training and inference share one
+definition of the timesteps and the re-noise (sec. 4.4). Runs under `accelerate` (one GPU, many, or the CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from sampler.errors import DMD2Error
+from sampler.plans import DEFAULT_TRAINED, check_trained
+from sampler.sampling import sample_dmd2, unit_variance_scale
+from sampler.schedule import sigmas_for_timesteps, training_sigmas
+
+from . import losses
+from .data import DistillData
+from .models import build_critic, build_generator, concat_cond, guided_x0, predict_x0
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Hyper-parameters; defaults follow DMD2's SDXL recipe where it gives one."""
+
+    trained_timesteps: tuple[int, ...] = DEFAULT_TRAINED
+    guidance_scale: float = 8.0  # real-score CFG (DMD2: 8 for SDXL, 1.75 for SD1.5)
+    batch_size: int = 4
+    ttur: int = 5  # critic updates per generator update
+    lr_generator: float = 5e-7
+    lr_critic: float = 5e-7
+    weight_decay: float = 0.01
+    max_grad_norm: float = 10.0
+    min_t: int = 20  # DMD loss / fake-score timesteps ~ U[min_t, max_t]
+    max_t: int = 980
+    gan_generator_weight: float = 5e-3  # 0 and gan_discriminator_weight 0: no GAN
+    gan_discriminator_weight: float = 1e-2
+    regression_weight: float = 0.0  # DMD v1 regression loss on teacher (noise, image) pairs
+    divergence: str = "reverse_kl"  # f-distill weighting: reverse_kl (= DMD2), forward_kl, js
+    lora_rank: int | None = None  # None: train the full UNet
+    lora_alpha: float | None = None
+    mixed_precision: str = "no"  # accelerate: no, fp16, bf16
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trained_timesteps", check_trained(self.trained_timesteps))
+        if not 0 <= self.min_t <= self.max_t < len(training_sigmas()):
+            raise ValueError(f"need 0 <= min_t <= max_t <= 999, got {self.min_t}, {self.max_t}")
+        if self.ttur < 1 or self.batch_size < 1:
+            raise ValueError(f"ttur and batch_size must be >= 1, got {self.ttur}, {self.batch_size}")
+        if self.divergence not in losses.DIVERGENCES:
+            raise ValueError(f"divergence must be one of {losses.DIVERGENCES}, got {self.divergence!r}")
+        if self.divergence != "reverse_kl" and not self.uses_gan:
+            raise ValueError(f"the {self.divergence} weighting needs the GAN discriminator's density ratio: "
+                             f"set gan_discriminator_weight > 0")
+
+    @property
+    def uses_gan(self) -> bool:
+        return self.gan_generator_weight > 0 or self.gan_discriminator_weight > 0
+
+
+class DistillTrainer:
+    """Holds the generator, the frozen real score, the critic, their optimisers and the random state."""
+
+    def __init__(self, teacher: nn.Module, data: DistillData, config: DistillConfig, accelerator: Any = None):
+        from accelerate import Accelerator
+
+        self.config = config
+        self.data = data
+        self.acc = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        if config.uses_gan and data.real_batch(1, torch.Generator().manual_seed(0)) is None:
+            raise DMD2Error("the GAN term needs real images and this problem has none: give real images, or turn "
+                            "the GAN off (gan weights 0)")
+        if config.regression_weight > 0 and data.regression_batch(1, torch.Generator().manual_seed(0)) is None:
+            raise DMD2Error("the regression loss needs teacher (noise, image) pairs and this problem has none")
+        torch.manual_seed(config.seed)  # the GAN head's and the LoRA's initial weights
+        self.real = teacher.requires_grad_(False).eval().to(self.acc.device)
+        generator = build_generator(teacher, config.lora_rank, config.lora_alpha)
+        critic = build_critic(teacher)
+        if config.gradient_checkpointing:
+            generator.enable_gradient_checkpointing()
+            critic.unet.enable_gradient_checkpointing()
+        opt_g = torch.optim.AdamW([p for p in generator.parameters() if p.requires_grad], lr=config.lr_generator,
+                                  weight_decay=config.weight_decay)
+        opt_c = torch.optim.AdamW(critic.parameters(), lr=config.lr_critic, weight_decay=config.weight_decay)
+        self.generator, self.critic, self.opt_g, self.opt_c = self.acc.prepare(generator, critic, opt_g, opt_c)
+        self.rng = torch.Generator().manual_seed(config.seed + 1000 * self.acc.process_index)
+        self.sigma_table = training_sigmas().float()
+        self.step_count = 0
+
+    # --- random draws (all from self.rng, on the CPU, so a resumed run draws the same numbers) --------------------
+
+    def _randn(self, n: int) -> torch.Tensor:
+        return torch.randn((n, *self.data.latent_shape), generator=self.rng).to(self.acc.device)
+
+    def _random_sigmas(self, n: int) -> torch.Tensor:
+        t = torch.randint(self.config.min_t, self.config.max_t + 1, (n,), generator=self.rng)
+        return self.sigma_table[t].to(self.acc.device)
+
+    def _noised(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x + sigma * noise, sigma, noise) at timesteps ~ U[min_t, max_t] (variance-exploding form)."""
+        sigma, noise = self._random_sigmas(len(x)), self._randn(len(x))
+        return x + sigma.view(-1, *([1] * (x.ndim - 1))) * noise, sigma, noise
+
+    # --- the generator's inputs ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def simulate_inputs(self, cond: dict[str, Any], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backward simulation: (x, sigma) the generator sees at a random one of its trained steps.
+
+        Step k's input is made exactly as at inference: pure unit-variance noise at the first trained timestep,
+        then k no-grad generator steps with fresh re-noise, by `sample_dmd2` on the first k + 1 trained timesteps.
+        """
+        trained = self.config.trained_timesteps
+        k = int(torch.randint(len(trained), (), generator=self.rng))
+        sigmas = sigmas_for_timesteps(trained[:k + 1]).float().to(self.acc.device)[:-1]
+        noise = self._randn(n)
+        if k == 0:
+            x = noise * sigmas[0] * unit_variance_scale(float(sigmas[0]))
+        else:
+            generator = self.acc.unwrap_model(self.generator)
+            x = sample_dmd2(lambda x, s, **c: predict_x0(generator, x, s, c), noise * sigmas[0], sigmas,
+                            extra_args=cond, disable=True, noise_sampler=lambda s, s_next: self._randn(n),
+                            pure_noise=True)
+        return x, sigmas[-1].expand(n)
+
+    # --- updates -------------------------------------------------------------------------------------------------
+
+    def generator_step(self) -> dict[str, float]:
+        """One generator update: distribution matching (+ GAN generator term, + regression)."""
+        cfg, n = self.config, self.config.batch_size
+        prompts = self.data.sample_prompts(n, self.rng)
+        cond, uncond = self.data.cond(prompts), self.data.cond([""] * n)
+        x_in, sigma_in = self.simulate_inputs(cond, n)
+        logs: dict[str, float] = {}
+        with self.acc.autocast():
+            x = predict_x0(self.generator, x_in, sigma_in, cond).float()
+            x_t, sigma, _ = self._noised(x)
+            with torch.no_grad():
+                x0_real = guided_x0(self.real, x_t.detach(), sigma, cond, uncond, cfg.guidance_scale).float()
+            with torch.set_grad_enabled(cfg.gan_generator_weight > 0):
+                x0_fake, logits = self.critic(x_t if cfg.gan_generator_weight > 0 else x_t.detach(), sigma, cond)
+            weights = None if cfg.divergence == "reverse_kl" else losses.f_divergence_weights(logits, cfg.divergence)
+            loss = losses.distribution_matching_loss(x, x0_fake.float(), x0_real, weights)
+            logs["gen/dm"] = loss.item()
+            if cfg.gan_generator_weight > 0:
+                gan = losses.gan_generator_loss(logits)
+                logs["gen/gan"] = gan.item()
+                loss = loss + cfg.gan_generator_weight * gan
+            if cfg.regression_weight > 0:
+                noise, target, pair_prompts = self.data.regression_batch(n, self.rng)
+                sigma0 = self.sigma_table[cfg.trained_timesteps[0]].to(self.acc.device).expand(n)
+                pure = noise.to(self.acc.device) * float(sigma0[0]) * unit_variance_scale(float(sigma0[0]))
+                x_pair = predict_x0(self.generator, pure, sigma0, self.data.cond(pair_prompts)).float()
+                reg = losses.regression_loss(x_pair, target.to(self.acc.device))
+                logs["gen/regression"] = reg.item()
+                loss = loss + cfg.regression_weight * reg
+        self.opt_g.zero_grad(set_to_none=True)
+        self.acc.backward(loss)
+        self.acc.clip_grad_norm_([p for p in self.generator.parameters() if p.requires_grad], cfg.max_grad_norm)
+        self.opt_g.step()
+        return logs
+
+    def critic_step(self) -> dict[str, float]:
+        """One critic update: denoising loss on fresh generator samples (+ GAN discriminator on real vs fake)."""
+        cfg, n = self.config, self.config.batch_size
+        prompts = self.data.sample_prompts(n, self.rng)
+        cond = self.data.cond(prompts)
+        x_in, sigma_in = self.simulate_inputs(cond, n)
+        logs: dict[str, float] = {}
+        with self.acc.autocast():
+            with torch.no_grad():
+                x = predict_x0(self.acc.unwrap_model(self.generator), x_in, sigma_in, cond).float()
+            x_t, sigma, noise = self._noised(x)
+            if cfg.gan_discriminator_weight > 0:
+                # real and generated samples in one critic forward: one pass, and one gradient sync under DDP
+                real, real_prompts = self.data.real_batch(n, self.rng)
+                real_t, real_sigma, _ = self._noised(real.to(self.acc.device).float())
+                x0_both, logits = self.critic(torch.cat([x_t, real_t]), torch.cat([sigma, real_sigma]),
+                                              concat_cond(cond, self.data.cond(real_prompts)))
+                x0_fake, (logits_fake, logits_real) = x0_both[:n], logits.chunk(2)
+            else:
+                x0_fake, _ = self.critic(x_t, sigma, cond)
+            eps = (x_t - x0_fake.float()) / sigma.view(-1, *([1] * (x.ndim - 1)))
+            loss = losses.denoising_loss(eps, noise)
+            logs["critic/denoise"] = loss.item()
+            if cfg.gan_discriminator_weight > 0:
+                gan = losses.gan_discriminator_loss(logits_real, logits_fake)
+                logs["critic/gan"] = gan.item()
+                loss = loss + cfg.gan_discriminator_weight * gan
+        self.opt_c.zero_grad(set_to_none=True)
+        self.acc.backward(loss)
+        self.acc.clip_grad_norm_(self.critic.parameters(), self.config.max_grad_norm)
+        self.opt_c.step()
+        return logs
+
+    def step(self) -> dict[str, float]:
+        """One training step: the generator first on every ttur-th step (as DMD2 does), then the critic."""
+        logs = self.generator_step() if self.step_count % self.config.ttur == 0 else {}
+        logs.update(self.critic_step())
+        self.step_count += 1
+        return logs
+
+    def train(self, steps: int, checkpoint_dir: Path | None = None, checkpoint_every: int = 0,
+              progress: bool = True) -> Iterator[dict[str, float]]:
+        """Run until `steps` steps in all (a resumed trainer continues its count), yielding each step's losses."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=self.step_count, disable=not progress or not self.acc.is_main_process,
+                   desc="DMD2 distillation")
+        while self.step_count < steps:
+            logs = self.step()
+            bar.update(1)
+            bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in logs.items()}, refresh=False)
+            if checkpoint_dir is not None and checkpoint_every and self.step_count % checkpoint_every == 0:
+                self.save_checkpoint(checkpoint_dir)
+            yield logs
+        bar.close()
+
+    # --- checkpoints ---------------------------------------------------------------------------------------------
+
+    def _trainable_generator_state(self) -> dict[str, torch.Tensor]:
+        generator = self.acc.unwrap_model(self.generator)
+        trainable = {name for name, p in generator.named_parameters() if p.requires_grad}
+        return {k: v for k, v in generator.state_dict().items() if k in trainable}
+
+    def save_checkpoint(self, folder: Path) -> Path:
+        """Everything a bit-exact resume needs: trainable weights, optimiser moments, step, every RNG state.
+
+        Written with torch.save of plain tensors and numbers only, and read back with weights_only=True.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            _atomic_save({
+                "step": self.step_count,
+                "config": _config_record(self.config),
+                "generator": self._trainable_generator_state(),
+                "critic": self.acc.unwrap_model(self.critic).state_dict(),
+                "opt_generator": self.opt_g.state_dict(),
+                "opt_critic": self.opt_c.state_dict(),
+            }, folder / "state.pt")
+        rng = {"trainer": self.rng.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        _atomic_save(rng, folder / f"rng-{self.acc.process_index}.pt")
+        self.acc.wait_for_everyone()
+        return folder
+
+    def load_checkpoint(self, folder: Path) -> None:
+        """Restore a checkpoint saved with the same configuration (a different one would not resume exactly)."""
+        folder = Path(folder)
+        try:
+            state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+            rng = torch.load(folder / f"rng-{self.acc.process_index}.pt", map_location="cpu", weights_only=True)
+        except FileNotFoundError as e:
+            raise DMD2Error(f"{folder} is not a complete DMD2 training checkpoint: {Path(e.filename).name} is "
+                            f"missing") from None
+        if state["config"] != _config_record(self.config):
+            changed = sorted(k for k in state["config"] if state["config"][k] != _config_record(self.config).get(k))
+            raise DMD2Error(f"the checkpoint in {folder} was trained with different settings ({', '.join(changed)}); "
+                            f"resume with the same settings")
+        if set(state["generator"]) != set(self._trainable_generator_state()):
+            raise DMD2Error(f"the checkpoint in {folder} holds different generator weights than this run trains")
+        self.acc.unwrap_model(self.generator).load_state_dict(state["generator"], strict=False)
+        self.acc.unwrap_model(self.critic).load_state_dict(state["critic"])
+        self.opt_g.load_state_dict(state["opt_generator"])
+        self.opt_c.load_state_dict(state["opt_critic"])
+        self.step_count = int(state["step"])
+        self.rng.set_state(rng["trainer"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def student(self) -> nn.Module:
+        """The generator UNet (with its LoRA adapter, if any), unwrapped from accelerate."""
+        return self.acc.unwrap_model(self.generator)
+
+
+def _config_record(config: DistillConfig) -> dict[str, Any]:
+    record = dataclasses.asdict(config)
+    record["trained_timesteps"] = list(record["trained_timesteps"])
+    return record
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,292 @@
+"""DMD2 trainer: losses against hand-derived values, a smoke run, bit-exact resume, and exports that round-trip
+through our own loaders and sampler."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distill import losses
+from distill.export import export_lora, export_unet, kohya_lora_state_dict, merged_unet
+from distill.models import build_generator, guided_x0, predict_x0
+from distill.trainer import DistillConfig, DistillTrainer
+from sampler.checkpoints import TRAINED_TIMESTEPS_KEY, inspect_file, load_state_dict
+from sampler.errors import DMD2Error
+from sampler.tiny import tiny_sd15_unet
+
+# --- losses -----------------------------------------------------------------------------------------------------
+
+
+def test_dmd_gradient_is_the_normalised_score_difference():
+    x = torch.tensor([1.0, 2.0]).view(1, 1, 1, 2)
+    grad = losses.dmd_gradient(x, x0_fake=torch.ones_like(x), x0_real=torch.zeros_like(x))
+    # mean |x - x0_real| = 1.5, so (1 - 0) / 1.5 for both entries
+    assert torch.allclose(grad, torch.full_like(x, 2 / 3))
+
+
+def test_distribution_matching_loss_gradient_is_the_dmd_gradient():
+    x = torch.tensor([[1.0, 2.0], [0.5, -1.0]]).view(2, 1, 1, 2).requires_grad_()
+    x0_real = torch.tensor([[0.0, 0.0], [0.5, 0.0]]).view(2, 1, 1, 2)
+    x0_fake = torch.tensor([[1.0, 1.0], [0.0, 1.0]]).view(2, 1, 1, 2)
+    loss = losses.distribution_matching_loss(x, x0_fake, x0_real)
+    loss.backward()
+    # sample 0: norm 1.5 -> grad (2/3, 2/3); sample 1: norm (0 + 1) / 2 = 0.5 -> grad (-1, 2)
+    expected = torch.tensor([[2 / 3, 2 / 3], [-1.0, 2.0]]).view(2, 1, 1, 2)
+    assert torch.allclose(x.grad, expected / 4)
+    assert math.isclose(loss.item(), 0.5 * expected.square().mean().item(), rel_tol=1e-6)
+
+
+def test_f_divergence_weights_scale_each_sample():
+    x = torch.ones(2, 1, 1, 1, requires_grad=True)
+    losses.distribution_matching_loss(x, torch.full_like(x, 2.0), torch.zeros_like(x),
+                                      weights=torch.tensor([0.5, 1.5])).backward()
+    assert torch.allclose(x.grad.flatten(), torch.tensor([0.5, 1.5]) * 2.0 / 2)
+
+
+def test_f_divergence_weights_hand_derived():
+    logits = torch.tensor([0.0, math.log(3.0)])  # density ratios r = 1 and 3
+    assert torch.equal(losses.f_divergence_weights(logits, "reverse_kl"), torch.ones(2))
+    assert torch.allclose(losses.f_divergence_weights(logits, "forward_kl"), torch.tensor([0.5, 1.5]))  # r / mean
+    # JS: r / (1 + r) = 0.5, 0.75 -> / 0.625
+    assert torch.allclose(losses.f_divergence_weights(logits, "js"), torch.tensor([0.8, 1.2]))
+    assert torch.isfinite(losses.f_divergence_weights(torch.tensor([500.0, 0.0]), "forward_kl")).all()
+    with pytest.raises(ValueError, match="divergence"):
+        losses.f_divergence_weights(logits, "kl")
+
+
+def test_gan_losses_hand_derived():
+    zero = torch.zeros(3)
+    assert math.isclose(losses.gan_generator_loss(zero).item(), math.log(2), rel_tol=1e-6)
+    assert math.isclose(losses.gan_discriminator_loss(zero, zero).item(), 2 * math.log(2), rel_tol=1e-6)
+    # a confident, correct discriminator: real +10, fake -10 -> loss ~ 2 e^-10; the generator then pays ~10
+    assert losses.gan_discriminator_loss(torch.full((2,), 10.0), torch.full((2,), -10.0)).item() < 1e-4
+    assert math.isclose(losses.gan_generator_loss(torch.full((2,), -10.0)).item(), 10.0, rel_tol=1e-4)
+
+
+def test_denoising_and_regression_losses_are_mse():
+    a, b = torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0])
+    assert losses.denoising_loss(a, b).item() == pytest.approx(2.5)
+    assert losses.regression_loss(a, b).item() == pytest.approx(2.5)
+
+
+def test_guided_x0_is_classifier_free_guidance():
+    unet = tiny_sd15_unet()
+    x, sigma = torch.randn(2, 4, 8, 8), torch.full((2,), 2.0)
+    cond, uncond = {"encoder_hidden_states": torch.randn(2, 3, 16)}, {"encoder_hidden_states": torch.zeros(2, 3, 16)}
+    with torch.no_grad():
+        c, u = predict_x0(unet, x, sigma, cond), predict_x0(unet, x, sigma, uncond)
+        assert torch.allclose(guided_x0(unet, x, sigma, cond, uncond, 3.0), u + 3.0 * (c - u), atol=1e-5)
+        assert torch.equal(guided_x0(unet, x, sigma, cond, uncond, 1.0), c)
+
+
+# --- training ---------------------------------------------------------------------------------------------------
+
+
+class RandomData:
+    """A toy problem on the tiny SD1.5-shaped UNet: fixed random prompt embeddings, fixed random 'real' latents."""
+
+    latent_shape = (4, 8, 8)
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(7)
+        self.embeds = {p: torch.randn(1, 3, 16, generator=g) for p in ("red", "blue")}
+        self.embeds[""] = torch.zeros(1, 3, 16)
+        self.real = torch.randn(16, *self.latent_shape, generator=g) * 0.5
+        self.pairs = torch.randn(4, *self.latent_shape, generator=g), torch.randn(4, *self.latent_shape, generator=g)
+
+    def sample_prompts(self, n, generator):
+        return [("red", "blue")[i] for i in torch.randint(2, (n,), generator=generator).tolist()]
+
+    def cond(self, prompts):
+        return {"encoder_hidden_states": torch.cat([self.embeds[p] for p in prompts])}
+
+    def real_batch(self, n, generator):
+        idx = torch.randint(len(self.real), (n,), generator=generator)
+        return self.real[idx], self.sample_prompts(n, generator)
+
+    def regression_batch(self, n, generator):
+        idx = torch.randint(len(self.pairs[0]), (n,), generator=generator)
+        return self.pairs[0][idx], self.pairs[1][idx], ["red"] * n
+
+
+def small_config(**overrides) -> DistillConfig:
+    settings = dict(trained_timesteps=(999, 499), guidance_scale=2.0, batch_size=2, ttur=2, lr_generator=1e-3,
+                    lr_critic=1e-3, gan_generator_weight=0.1, gan_discriminator_weight=0.1)
+    settings.update(overrides)
+    return DistillConfig(**settings)
+
+
+def trainer_for(config: DistillConfig) -> DistillTrainer:
+    from accelerate import Accelerator
+
+    return DistillTrainer(tiny_sd15_unet(), RandomData(), config, Accelerator(cpu=True))
+
+
+def params(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def critic_eval_loss(trainer: DistillTrainer, batch: dict) -> float:
+    """The critic's denoising loss on a fixed batch of generator samples, noise and timesteps."""
+    with torch.no_grad():
+        x0, _ = trainer.critic(batch["x_t"], batch["sigma"], batch["cond"])
+        eps = (batch["x_t"] - x0) / batch["sigma"].view(-1, 1, 1, 1)
+        return losses.denoising_loss(eps, batch["noise"]).item()
+
+
+def test_smoke_run_losses_finite_critic_learns_generator_moves():
+    trainer = trainer_for(small_config())
+    g = torch.Generator().manual_seed(3)
+    cond = trainer.data.cond(["red", "blue"] * 4)
+    x_in, sigma_in = trainer.simulate_inputs(cond, 8)
+    with torch.no_grad():
+        x = predict_x0(trainer.student(), x_in, sigma_in, cond)
+    sigma = trainer.sigma_table[torch.randint(20, 981, (8,), generator=g)]
+    noise = torch.randn(x.shape, generator=g)
+    batch = {"x_t": x + sigma.view(-1, 1, 1, 1) * noise, "sigma": sigma, "noise": noise, "cond": cond}
+    before_loss, before = critic_eval_loss(trainer, batch), params(trainer.student())
+    logs = list(trainer.train(6, progress=False))
+    assert {"gen/dm", "gen/gan", "critic/denoise", "critic/gan"} <= {k for step in logs for k in step}
+    assert all(math.isfinite(v) for step in logs for v in step.values())
+    assert critic_eval_loss(trainer, batch) < before_loss
+    moved = [k for k, v in params(trainer.student()).items() if not torch.equal(v, before[k])]
+    assert len(moved) > len(before) // 2
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(lora_rank=4, divergence="js", regression_weight=0.5)],
+                         ids=["full-unet", "lora-js-regression"])
+def test_resume_is_bit_exact(tmp_path, overrides):
+    config = small_config(**overrides)
+    straight = trainer_for(config)
+    list(straight.train(4, progress=False))
+
+    first = trainer_for(config)
+    list(first.train(2, progress=False))
+    first.save_checkpoint(tmp_path / "ckpt")
+    resumed = trainer_for(config)
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    assert resumed.step_count == 2
+    list(resumed.train(4, progress=False))
+
+    for a, b in ((straight.student(), resumed.student()), (straight.critic, resumed.critic)):
+        pa, pb = params(a), params(b)
+        assert pa.keys() == pb.keys()
+        assert all(torch.equal(pa[k], pb[k]) for k in pa), "resumed run diverged"
+
+
+def test_resume_refuses_other_settings_and_incomplete_checkpoints(tmp_path):
+    trainer = trainer_for(small_config())
+    trainer.save_checkpoint(tmp_path / "ckpt")
+    with pytest.raises(DMD2Error, match="ttur"):
+        trainer_for(small_config(ttur=3)).load_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "rng-0.pt").unlink()
+    with pytest.raises(DMD2Error, match="rng-0.pt is missing"):
+        trainer_for(small_config()).load_checkpoint(tmp_path / "ckpt")
+
+
+def test_config_rejects_bad_settings():
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        DistillConfig(trained_timesteps=(499, 999))
+    with pytest.raises(ValueError, match="density ratio"):
+        DistillConfig(divergence="js", gan_generator_weight=0, gan_discriminator_weight=0)
+    with pytest.raises(DMD2Error, match="real images"):
+        DistillTrainer(tiny_sd15_unet(), type("NoReal", (RandomData,), {"real_batch": lambda *a: None})(),
+                       small_config())
+
+
+def test_backward_simulation_feeds_the_sampler_s_own_rollout():
+    """Step k's input is the sampler's k-step run on the trained timesteps, re-noised to trained[k]."""
+    from sampler.sampling import sample_dmd2
+    from sampler.schedule import sigmas_for_timesteps
+
+    trainer = trainer_for(small_config(trained_timesteps=(999, 749, 499)))
+    cond = trainer.data.cond(["red"])
+    for _ in range(6):  # until the draw picks the last step
+        state = trainer.rng.get_state()
+        x, sigma = trainer.simulate_inputs(cond, 1)
+        if math.isclose(float(sigma[0]), float(sigmas_for_timesteps((499,))[0]), rel_tol=1e-6):
+            break
+    else:
+        pytest.fail("never drew the last trained step")
+    trainer.rng.set_state(state)
+    torch.randint(3, (), generator=trainer.rng)  # the step draw
+    noise = torch.randn((1, 4, 8, 8), generator=trainer.rng)
+    sigmas = sigmas_for_timesteps((999, 749, 499)).float()[:-1]
+    expected = sample_dmd2(lambda x, s, **c: predict_x0(trainer.student(), x, s, c), noise * sigmas[0], sigmas,
+                           extra_args=cond, disable=True,
+                           noise_sampler=lambda *_: torch.randn((1, 4, 8, 8), generator=trainer.rng),
+                           pure_noise=True)
+    assert torch.equal(x, expected)
+
+
+# --- export round trip ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora_student():
+    torch.manual_seed(0)
+    student = build_generator(tiny_sd15_unet(), lora_rank=4)
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.2)
+    return student
+
+
+def test_lora_export_is_dmd2_s_kohya_format_and_carries_the_timesteps(tmp_path, lora_student):
+    path = export_lora(lora_student, tmp_path / "student_lora.safetensors", (999, 749, 499, 249), torch.float32)
+    info = inspect_file(path)
+    assert (info.kind, info.format, info.base) == ("lora", "kohya", "sd15")
+    assert info.trained_timesteps == (999, 749, 499, 249)
+    assert info.timesteps_source == f"{TRAINED_TIMESTEPS_KEY} metadata of student_lora.safetensors"
+    sd = load_state_dict(path)
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in sd
+    assert "lora_unet_up_blocks_1_resnets_0_conv1.lora_up.weight" in sd
+    assert sd["lora_unet_mid_block_resnets_0_conv1.alpha"].item() == 0.5  # rank 4 -> alpha 4 / 8
+
+
+def test_exported_lora_loads_through_diffusers_and_matches_the_student(tmp_path, lora_student):
+    """The kohya file, read by our loader and applied by diffusers' LoRA loader as the pipeline does, reproduces the
+    student exactly (up to float rounding)."""
+    from diffusers import StableDiffusionPipeline
+
+    path = export_lora(lora_student, tmp_path / "student_lora.safetensors", (999,), torch.float32)
+    fresh = tiny_sd15_unet()
+    state_dict, alphas = StableDiffusionPipeline.lora_state_dict(load_state_dict(path))
+    fresh.load_lora_adapter(state_dict, network_alphas=alphas, adapter_name="x", prefix="unet")
+    x, t, c = torch.randn(2, 4, 8, 8), torch.tensor([999, 500]), torch.randn(2, 3, 16)
+    with torch.no_grad():
+        assert torch.allclose(fresh(x, t, encoder_hidden_states=c).sample,
+                              lora_student(x, t, encoder_hidden_states=c).sample, atol=1e-5)
+
+
+def test_full_unet_export_samples_like_the_student(tmp_path, lora_student):
+    from sampler.sampling import sample_dmd2
+    from sampler.denoiser import DiffusersDenoiser
+    from sampler.noise import SeededNoise
+    from sampler.plans import timesteps_for
+    from sampler.schedule import sigmas_for_timesteps
+
+    path = export_unet(lora_student, tmp_path / "student_unet.safetensors", (999, 499), torch.float32)
+    info = inspect_file(path)
+    assert (info.kind, info.format, info.trained_timesteps) == ("unet", "diffusers", (999, 499))
+    loaded = tiny_sd15_unet()
+    loaded.load_state_dict(load_state_dict(path))
+    sigmas = sigmas_for_timesteps(timesteps_for(2, info.trained_timesteps))
+    cond = {"encoder_hidden_states": torch.randn(1, 3, 16)}
+
+    def run(unet):
+        noise = SeededNoise([5], (4, 8, 8))
+        return sample_dmd2(DiffusersDenoiser(unet), noise.draw() * sigmas[0], sigmas, cond, disable=True,
+                           noise_sampler=noise, pure_noise=True)
+
+    with torch.no_grad():
+        assert torch.allclose(run(loaded), run(merged_unet(lora_student)), atol=1e-5)
+        assert not torch.allclose(run(loaded), run(tiny_sd15_unet()), atol=1e-3)  # the LoRA is really in it
+
+
+def test_full_students_have_no_lora_to_export():
+    with pytest.raises(DMD2Error, match="export it as a UNet"):
+        kohya_lora_state_dict(build_generator(tiny_sd15_unet()))
