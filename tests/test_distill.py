@@ -290,3 +290,41 @@ def test_full_unet_export_samples_like_the_student(tmp_path, lora_student):
 def test_full_students_have_no_lora_to_export():
     with pytest.raises(DMD2Error, match="export it as a UNet"):
         kohya_lora_state_dict(build_generator(tiny_sd15_unet()))
+
+
+# --- command line -----------------------------------------------------------------------------------------------
+
+
+def test_train_command_distils_a_diffusers_pipeline_and_resumes(tmp_path):
+    """`python -m distill train` on a (tiny) SDXL pipeline folder: trains, checkpoints, exports a LoRA our loaders
+    and the standalone pipeline apply, and a rerun with more steps resumes from the checkpoint."""
+    from distill.cli import main
+    from sampler.pipeline import apply_dmd2_weights, generate_latents, sdxl_conditioning
+    from sampler.tiny import tiny_sdxl_pipeline
+
+    tiny_sdxl_pipeline(tmp_path / "tok").save_pretrained(tmp_path / "teacher")
+    (tmp_path / "prompts.txt").write_text("# training prompts\nabc\n\nxyz\n")
+    args = [str(tmp_path / "teacher"), "--prompts", str(tmp_path / "prompts.txt"), "--output", str(tmp_path / "out"),
+            "--timesteps", "999,499", "--no-gan", "--lora-rank", "4", "--steps", "2", "--lr-generator", "1e-3"]
+    assert main(["train", *args]) == 0
+    info = inspect_file(tmp_path / "out" / "student_lora.safetensors")
+    assert (info.kind, info.format, info.trained_timesteps) == ("lora", "kohya", (999, 499))
+    assert main(["train", *args[:-3], "3", "--lr-generator", "1e-3"]) == 0
+    assert torch.load(tmp_path / "out" / "checkpoint" / "state.pt", weights_only=True)["step"] == 3
+
+    pipe = tiny_sdxl_pipeline(tmp_path / "tok2")
+    apply_dmd2_weights(pipe, tmp_path / "out" / "student_lora.safetensors", info)
+    cond = sdxl_conditioning(pipe, ["abc"], 64, 64)
+    latents = generate_latents(pipe.unet, cond, info.trained_timesteps, [0], 64, 64, progress=False)
+    assert latents.shape == (1, 4, 8, 8) and torch.isfinite(latents).all()
+
+
+def test_train_command_explains_bad_input(tmp_path, capsys):
+    from distill.cli import main
+
+    (tmp_path / "empty.txt").write_text("\n# nothing\n")
+    assert main(["train", str(tmp_path), "--prompts", str(tmp_path / "empty.txt")]) == 1
+    assert "has no prompts" in capsys.readouterr().err
+    (tmp_path / "p.txt").write_text("a cat\n")
+    assert main(["train", str(tmp_path / "nowhere"), "--prompts", str(tmp_path / "p.txt")]) == 1
+    assert "cannot load a diffusers pipeline" in capsys.readouterr().err

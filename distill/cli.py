@@ -1,0 +1,134 @@
+"""Command line: `python -m distill train|shapes-proof` (or `accelerate launch -m distill train ...` on many GPUs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from sampler.errors import DMD2Error
+from sampler.plans import TRAINED_TIMESTEPS
+
+
+def parse_timesteps(text: str) -> tuple[int, ...]:
+    """A plan name ("sdxl_4step") or explicit timesteps ("999,749,499,249")."""
+    if text in TRAINED_TIMESTEPS:
+        return TRAINED_TIMESTEPS[text]
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a plan ({', '.join(TRAINED_TIMESTEPS)}) nor a "
+                                         f"comma-separated list of timesteps") from None
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by every training command (they map one to one onto DistillConfig)."""
+    p.add_argument("--timesteps", type=parse_timesteps, default=TRAINED_TIMESTEPS["sdxl_4step"],
+                   help="trained timesteps: a plan name or a list such as 999,749,499,249 (default: 4-step)")
+    p.add_argument("--guidance-scale", type=float, default=8.0, help="teacher CFG (DMD2: 8 SDXL, 1.75 SD1.5)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps (one critic update each)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--ttur", type=int, default=5, help="critic updates per generator update (default: 5)")
+    p.add_argument("--lr-generator", type=float, default=5e-7)
+    p.add_argument("--lr-critic", type=float, default=5e-7)
+    p.add_argument("--gan-generator-weight", type=float, default=5e-3)
+    p.add_argument("--gan-discriminator-weight", type=float, default=1e-2)
+    p.add_argument("--no-gan", action="store_true", help="no GAN term (needed when there are no real images)")
+    p.add_argument("--divergence", choices=["reverse_kl", "forward_kl", "js"], default="reverse_kl",
+                   help="f-distill weighting (reverse_kl is DMD2)")
+    p.add_argument("--lora-rank", type=int, help="train a LoRA of this rank instead of the full UNet (DMD2: 64)")
+    p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default rank / 8, as DMD2's released LoRA)")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="less memory, ~30%% slower")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def config_from_args(args: argparse.Namespace, **overrides):
+    from .trainer import DistillConfig
+
+    settings = dict(
+        trained_timesteps=args.timesteps, guidance_scale=args.guidance_scale, batch_size=args.batch_size,
+        ttur=args.ttur, lr_generator=args.lr_generator, lr_critic=args.lr_critic,
+        gan_generator_weight=0.0 if args.no_gan else args.gan_generator_weight,
+        gan_discriminator_weight=0.0 if args.no_gan else args.gan_discriminator_weight,
+        divergence=args.divergence, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+        mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing, seed=args.seed)
+    settings.update(overrides)
+    return DistillConfig(**settings)
+
+
+def add_train_subcommand(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="distil a diffusers SD1.5 / SDXL model (a finetune) into a DMD2 generator",
+        description="Distil the UNet of a diffusers pipeline folder into a DMD2 generator (full UNet, or a LoRA in "
+                    "DMD2's format). Checkpoints go to OUTPUT/checkpoint and a rerun resumes from there exactly; the "
+                    "student is exported to OUTPUT/student_lora.safetensors or student_unet.safetensors, stamped "
+                    "with its trained timesteps. Many GPUs: accelerate launch -m distill train ...")
+    p.add_argument("teacher", type=Path, help="diffusers pipeline folder of the model to distil (SD1.5 or SDXL)")
+    p.add_argument("--prompts", type=Path, required=True, help="text file, one training prompt per line")
+    p.add_argument("--real-latents", type=Path,
+                   help="safetensors file with 'latents' (N, C, H, W) VAE latents of real images for the GAN term "
+                        "(and optional 'prompt_ids' into --prompts); without it use --no-gan")
+    p.add_argument("--size", type=int, help="image size (default: the UNet's sample size x 8)")
+    p.add_argument("--output", type=Path, default=Path("outputs/distill"))
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    add_training_options(p)
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import load_file
+
+    from .data import PipelineData, read_prompts
+    from .export import export_lora, export_unet
+    from .trainer import DistillTrainer
+
+    prompts = read_prompts(args.prompts)
+    config = config_from_args(args)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(args.teacher))
+    except (OSError, ValueError) as e:
+        raise DMD2Error(f"cannot load a diffusers pipeline from {args.teacher}: {str(e).splitlines()[0]} (convert a "
+                        f"single-file checkpoint with diffusers' conversion scripts first)") from None
+    real = real_prompts = None
+    if args.real_latents is not None:
+        tensors = load_file(str(args.real_latents))
+        real = tensors["latents"].float()
+        if "prompt_ids" in tensors:
+            real_prompts = [prompts[i] for i in tensors["prompt_ids"].tolist()]
+    size = args.size or pipe.unet.config.sample_size * 8
+    trainer = DistillTrainer(pipe.unet, PipelineData(pipe, prompts, size, real, real_prompts), config)
+    pipe.text_encoder.to(trainer.acc.device)
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        pipe.text_encoder_2.to(trainer.acc.device)
+    checkpoint = args.output / "checkpoint"
+    if (checkpoint / "state.pt").exists():
+        trainer.load_checkpoint(checkpoint)
+        print(f"[DMD2] resumed from {checkpoint} at step {trainer.step_count}")
+    for _ in trainer.train(args.steps, checkpoint, args.checkpoint_every):
+        pass
+    trainer.save_checkpoint(checkpoint)
+    if trainer.acc.is_main_process:
+        student = trainer.student()
+        if config.lora_rank:
+            print(export_lora(student, args.output / "student_lora.safetensors", config.trained_timesteps))
+        print(export_unet(student, args.output / "student_unet.safetensors", config.trained_timesteps))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m distill", description="DMD2 distillation.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_train_subcommand(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DMD2Error, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
