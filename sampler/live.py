@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from .pipeline import decode_to_images, generate_latents, to_pil_images
+from .pipeline import decode_to_images, execution_device, generate_latents, to_pil_images
 from .taesd import decode_tiny
 
 
@@ -81,15 +81,15 @@ class LiveSession:
     @torch.no_grad()
     def frame(self, prompt: str, seed: int = 0) -> tuple[Any, FrameTimings]:
         """One image for `prompt` and `seed`, and how long each stage took."""
-        device, timings = self.pipe.unet.device, FrameTimings()
+        device, timings = execution_device(self.pipe), FrameTimings()
         with timed(timings, "encode", device):
             cond = self.conditioning(prompt)
         with timed(timings, "unet", device):
             latents = generate_latents(self.pipe.unet, cond, self.timesteps, [seed], self.width, self.height,
-                                       progress=False)
+                                       progress=False, device=device)
         with timed(timings, "decode", device):
             if self.tiny_decoder is None:
-                images = decode_to_images(self.pipe.vae, latents)
+                images = decode_to_images(self.pipe.vae, latents, device)
             else:
                 images = to_pil_images(decode_tiny(self.tiny_decoder, latents))
         return images[0], timings

@@ -37,12 +37,18 @@ def check_size(width: int, height: int) -> None:
             raise ValueError(f"{name} must be a multiple of 64 and at least 64, got {value}")
 
 
+def execution_device(pipe: Any) -> torch.device:
+    """Where a diffusers pipeline computes: its GPU even when offload hooks keep the weights on the CPU or the meta
+    device, where `pipe.unet.device` says "cpu" or "meta" (diffusers' `_execution_device` reads the hooks)."""
+    return pipe._execution_device
+
+
 def sdxl_conditioning(pipe: Any, prompts: Sequence[str], width: int, height: int) -> dict[str, Any]:
     """UNet conditioning for SDXL without classifier-free guidance (DMD2 uses none).
 
     Micro-conditioning time_ids are (H, W, 0, 0, H, W): original size = target size, no crop, as DMD2 trained.
     """
-    device = pipe.unet.device
+    device = execution_device(pipe)
     prompt_embeds, _, pooled, _ = pipe.encode_prompt(list(prompts), device=device, do_classifier_free_guidance=False)
     time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=prompt_embeds.dtype, device=device)
     return {"encoder_hidden_states": prompt_embeds,
@@ -51,10 +57,14 @@ def sdxl_conditioning(pipe: Any, prompts: Sequence[str], width: int, height: int
 
 def generate_latents(unet: torch.nn.Module, cond: dict[str, Any], timesteps: Sequence[int], seeds: Sequence[int],
                      width: int, height: int, callback: Callable[[dict[str, Any]], None] | None = None,
-                     progress: bool = True) -> torch.Tensor:
-    """Run DMD2 on `timesteps` from seeded unit-variance noise; one seed per image. Returns float32 latents."""
+                     progress: bool = True, device: torch.device | None = None) -> torch.Tensor:
+    """Run DMD2 on `timesteps` from seeded unit-variance noise; one seed per image. Returns float32 latents.
+
+    `device`: where noise and latents live, by default the UNet's; pass `execution_device(pipe)` for an offloaded
+    UNet, whose own parameters sit on the CPU or the meta device.
+    """
     check_size(width, height)
-    device = unet.device
+    device = device or unet.device
     noise = SeededNoise(seeds, (unet.config.in_channels, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE), device)
     sigmas = sigmas_for_timesteps(timesteps).to(device, torch.float32)
     return sample_dmd2(DiffusersDenoiser(unet), noise.draw() * sigmas[0], sigmas, extra_args=cond,
@@ -70,11 +80,16 @@ def to_pil_images(rgb: torch.Tensor) -> list:
 
 
 @torch.no_grad()
-def decode_to_images(vae: torch.nn.Module, latents: torch.Tensor) -> list:
-    """Decode latents to PIL images. The stock SDXL VAE overflows in fp16, so it decodes in fp32 when it says so."""
+def decode_to_images(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device | None = None) -> list:
+    """Decode latents to PIL images. The stock SDXL VAE overflows in fp16, so it decodes in fp32 when it says so.
+
+    `device`: where to decode, by default the VAE's own; pass `execution_device(pipe)` for an offloaded VAE (its
+    offload hook moves the weights there, not the latents).
+    """
     if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
         vae = vae.to(torch.float32)
-    pixels = vae.decode((latents / vae.config.scaling_factor).to(vae.device, vae.dtype), return_dict=False)[0]
+    latents = (latents / vae.config.scaling_factor).to(device or vae.device, vae.dtype)
+    pixels = vae.decode(latents, return_dict=False)[0]
     return to_pil_images((pixels.float() + 1) / 2)
 
 
