@@ -7,7 +7,7 @@ LoRA fused in. diffusers is imported lazily so the rest of the core stays torch-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -15,6 +15,9 @@ from .denoiser import DiffusersDenoiser
 from .noise import SeededNoise
 from .sampling import sample_dmd2
 from .schedule import sigmas_for_timesteps
+
+if TYPE_CHECKING:
+    from .memory import MemoryPlan
 
 VAE_DOWNSCALE = 8
 
@@ -127,12 +130,15 @@ def sdxl_from_checkpoint(path: Path, dtype: torch.dtype) -> Any:
 
 
 def load_dmd2_sdxl(model: str, models_dir: Path, device: torch.device, dtype: torch.dtype,
-                   lora_strength: float = 1.0, progress: Any = None) -> tuple[Any, tuple[int, ...]]:
+                   lora_strength: float = 1.0, progress: Any = None,
+                   memory: MemoryPlan | None = None) -> tuple[Any, tuple[int, ...]]:
     """SDXL base with the DMD2 UNet swapped in or the DMD2 LoRA fused; returns (pipeline, trained timesteps).
 
     `model` is a catalog id or a local file. Files this pack does not recognise as DMD2 get the 4-step plan.
+    `memory`: how the pipeline goes onto `device` (`sampler.memory.plan_for_device`); by default all of it.
     """
     from .checkpoints import check_compatible, resolve_model
+    from .memory import ALL_ON_DEVICE, apply_memory_plan
     from .plans import DEFAULT_TRAINED
 
     dmd2 = resolve_model(model, models_dir, progress)
@@ -140,7 +146,8 @@ def load_dmd2_sdxl(model: str, models_dir: Path, device: torch.device, dtype: to
     base = resolve_model(SDXL_BASE_ID, models_dir, progress)
     pipe = sdxl_from_checkpoint(base.path, dtype)
     apply_dmd2_weights(pipe, dmd2.path, dmd2.info, lora_strength)
-    return pipe.to(device), dmd2.info.trained_timesteps or DEFAULT_TRAINED
+    apply_memory_plan(pipe, memory or ALL_ON_DEVICE, device)
+    return pipe, dmd2.info.trained_timesteps or DEFAULT_TRAINED
 
 
 def apply_dmd2_weights(pipe: Any, path: Path, info: Any, lora_strength: float = 1.0) -> None:
