@@ -96,15 +96,19 @@ class LiveSession:
 
 
 def run_live_loop(session: LiveSession, prompts: Iterable[str], seed: int, output: Path,
-                  summary_after_first: bool = False) -> list[FrameTimings]:
+                  summary_after_first: bool = False,
+                  render: Callable[[str, int], tuple[Any, FrameTimings]] | None = None) -> list[FrameTimings]:
     """Render a frame per non-empty prompt, save the latest to `output`, print each frame's timings; with
-    `summary_after_first`, the first frame is a warm-up and the mean of the others is printed at the end."""
+    `summary_after_first`, the first frame is a warm-up and the mean of the others is printed at the end.
+
+    `render(prompt, seed)`: makes a frame, by default `session.frame` (the command line wraps it in its
+    out-of-memory fallback)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     frames = []
     for prompt in prompts:
         if not prompt:
             continue
-        image, timings = session.frame(prompt, seed)
+        image, timings = (render or session.frame)(prompt, seed)
         image.save(output)
         frames.append(timings)
         print(f"{prompt[:40]!r:44} {timings}", flush=True)

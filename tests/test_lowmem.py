@@ -206,3 +206,22 @@ def test_oom_retry_reruns_generation_offloaded(tmp_path):
     assert plan.offload == MODEL_OFFLOAD and len(pipe._all_hooks) == 4
     torch.testing.assert_close(latents, expected[0], atol=0, rtol=0)
 
+
+def test_cli_says_when_it_offloads(tmp_path, monkeypatch, capsys):
+    """`generate --device cuda:0` on an 8 GB card announces model offload and hands the plan to the loader."""
+    from sampler import cli, pipeline
+
+    loaded = {}
+
+    def load(*args, memory=None, **kwargs):
+        loaded["memory"] = memory
+        return tiny_sdxl_pipeline(tmp_path), TRAINED_TIMESTEPS["sdxl_1step"]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: EIGHT_GB_CARD)
+    monkeypatch.setattr(pipeline, "load_dmd2_sdxl", load)
+    out = tmp_path / "img.png"
+    assert cli.main(["generate", "a cat", "--device", "cuda:0", "--width", "64", "--height",
+                     "64", "--output", str(out)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("[DMD2] 7.6 GiB free on cuda:0 (of 8.0 GiB): SDXL needs ~")
+    assert first.endswith("offloading models to the CPU one at a time (slower); --offload none to force")
+    assert loaded["memory"].offload == MODEL_OFFLOAD and out.exists()
