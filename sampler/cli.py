@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .errors import DMD2Error
+
+if TYPE_CHECKING:
+    import torch
+
+    from .memory import MemoryPlan
 
 
 def add_generate_subcommand(subparsers) -> argparse.ArgumentParser:
@@ -30,30 +35,58 @@ def add_generate_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="default: fp16 on CUDA, fp32 on CPU")
     p.add_argument("--models-dir", type=Path, help="models folder (default: $DMD2_MODELS_DIR or ~/.cache/dmd2/models)")
+    add_offload_argument(p)
     p.set_defaults(func=run_generate)
     return p
 
 
+def add_offload_argument(p: argparse.ArgumentParser) -> None:
+    from .memory import REQUESTS
+
+    p.add_argument("--offload", choices=REQUESTS, default="auto",
+                   help="keep models on the CPU and move them to the GPU one at a time (model) or layer by layer "
+                        "(sequential, slowest); auto: from the GPU's free memory, and once more a step leaner "
+                        "after running out of memory (default: %(default)s)")
+
+
+def plan_memory_for(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> MemoryPlan:
+    """The memory plan for this run, said on one line when it falls back from everything on the GPU."""
+    from .memory import plan_for_device
+
+    plan = plan_for_device(device, args.offload, dtype)
+    if plan.announce:
+        print(f"[DMD2] {plan.reason}")
+    return plan
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from .download import default_models_dir, tqdm_progress
-    from .pipeline import (decode_to_images, generate_latents, load_dmd2_sdxl, pick_device_and_dtype, save_images,
-                           sdxl_conditioning)
+    from .memory import apply_memory_plan, run_with_oom_fallback
+    from .pipeline import (decode_to_images, execution_device, generate_latents, load_dmd2_sdxl,
+                           pick_device_and_dtype, save_images, sdxl_conditioning)
     from .noise import batch_seeds
     from .plans import timesteps_for
 
     if args.batch < 1:
         raise DMD2Error(f"--batch must be >= 1, got {args.batch}")
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
+    plan = plan_memory_for(args, device, dtype)
     pipe, trained = load_dmd2_sdxl(args.model, args.models_dir or default_models_dir(), device, dtype,
-                                   args.lora_strength, tqdm_progress())
+                                   args.lora_strength, tqdm_progress(), memory=plan)
     timesteps = timesteps_for(args.steps or len(trained), trained)
     prompts = [p for p in args.prompt for _ in range(args.batch)]
     print(f"[DMD2] {len(prompts)} image(s), {args.width}x{args.height}, timesteps {list(timesteps)}, "
           f"{device} {str(dtype).removeprefix('torch.')}")
-    cond = sdxl_conditioning(pipe, prompts, args.width, args.height)
-    latents = generate_latents(pipe.unet, cond, timesteps, batch_seeds(args.seed, len(prompts)), args.width,
-                               args.height)
-    for path in save_images(decode_to_images(pipe.vae, latents), args.output):
+
+    def images() -> list:
+        on = execution_device(pipe)
+        cond = sdxl_conditioning(pipe, prompts, args.width, args.height)
+        latents = generate_latents(pipe.unet, cond, timesteps, batch_seeds(args.seed, len(prompts)), args.width,
+                                   args.height, device=on)
+        return decode_to_images(pipe.vae, latents, on)
+
+    made, _ = run_with_oom_fallback(images, plan, args.offload, lambda leaner: apply_memory_plan(pipe, leaner, device))
+    for path in save_images(made, args.output):
         print(path)
     return 0
 
@@ -82,6 +115,7 @@ def add_live_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"])
     p.add_argument("--models-dir", type=Path)
+    add_offload_argument(p)
     p.set_defaults(func=run_live)
     return p
 
@@ -91,13 +125,20 @@ def run_live(args: argparse.Namespace) -> int:
     from .download import default_models_dir, tqdm_progress
     from .fast import FastPath, apply_fast_path, compile_and_warm
     from .live import LiveSession, run_live_loop
+    from .memory import FULL, apply_memory_plan, run_with_oom_fallback
     from .pipeline import load_dmd2_sdxl, pick_device_and_dtype
     from .plans import timesteps_for
     from .taesd import load_tiny_decoder
 
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
+    plan = plan_memory_for(args, device, dtype)
+    if args.compile and plan.offload != FULL:
+        # Offload hooks move the UNet's weights between devices under the compiled graph (CUDA graphs capture
+        # their addresses): a combination not tested here.
+        raise DMD2Error(f"--compile needs the UNet to stay on the GPU, and this run offloads it ({plan.offload}); "
+                        f"use --offload none to keep it there, or leave out --compile")
     models_dir = args.models_dir or default_models_dir()
-    pipe, trained = load_dmd2_sdxl(args.model, models_dir, device, dtype, progress=tqdm_progress())
+    pipe, trained = load_dmd2_sdxl(args.model, models_dir, device, dtype, progress=tqdm_progress(), memory=plan)
     decoder = None if args.full_vae else load_tiny_decoder(resolve_model("taesdxl", models_dir).path, device, dtype)
     session = LiveSession(pipe, timesteps_for(args.steps, trained), args.size, args.size, decoder)
     default = FastPath.default_for(device)
@@ -107,8 +148,17 @@ def run_live(args: argparse.Namespace) -> int:
     if fast.compile:
         cost = compile_and_warm(lambda: session.frame(args.prompt, args.seed), pipe.unet, device)
         print(f"[DMD2] torch.compile for {args.size}x{args.size}: {cost:.1f} s, paid once")
+
+    def render(prompt: str, seed: int):
+        nonlocal plan
+        frame, plan = run_with_oom_fallback(lambda: session.frame(prompt, seed), plan, args.offload,
+                                            lambda leaner: apply_memory_plan(pipe, leaner, device))
+        return frame
+
     prompts = [args.prompt] * (args.frames + 1) if args.frames else (line.strip() for line in sys.stdin)
-    run_live_loop(session, prompts, args.seed, args.output, summary_after_first=bool(args.frames))
+    # A compiled UNet stays where it was compiled: no offload fallback under it.
+    run_live_loop(session, prompts, args.seed, args.output, summary_after_first=bool(args.frames),
+                  render=None if fast.compile else render)
     return 0
 
 

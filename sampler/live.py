@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from .pipeline import decode_to_images, generate_latents, to_pil_images
+from .pipeline import decode_to_images, execution_device, generate_latents, to_pil_images
 from .taesd import decode_tiny
 
 
@@ -81,30 +81,34 @@ class LiveSession:
     @torch.no_grad()
     def frame(self, prompt: str, seed: int = 0) -> tuple[Any, FrameTimings]:
         """One image for `prompt` and `seed`, and how long each stage took."""
-        device, timings = self.pipe.unet.device, FrameTimings()
+        device, timings = execution_device(self.pipe), FrameTimings()
         with timed(timings, "encode", device):
             cond = self.conditioning(prompt)
         with timed(timings, "unet", device):
             latents = generate_latents(self.pipe.unet, cond, self.timesteps, [seed], self.width, self.height,
-                                       progress=False)
+                                       progress=False, device=device)
         with timed(timings, "decode", device):
             if self.tiny_decoder is None:
-                images = decode_to_images(self.pipe.vae, latents)
+                images = decode_to_images(self.pipe.vae, latents, device)
             else:
                 images = to_pil_images(decode_tiny(self.tiny_decoder, latents))
         return images[0], timings
 
 
 def run_live_loop(session: LiveSession, prompts: Iterable[str], seed: int, output: Path,
-                  summary_after_first: bool = False) -> list[FrameTimings]:
+                  summary_after_first: bool = False,
+                  render: Callable[[str, int], tuple[Any, FrameTimings]] | None = None) -> list[FrameTimings]:
     """Render a frame per non-empty prompt, save the latest to `output`, print each frame's timings; with
-    `summary_after_first`, the first frame is a warm-up and the mean of the others is printed at the end."""
+    `summary_after_first`, the first frame is a warm-up and the mean of the others is printed at the end.
+
+    `render(prompt, seed)`: makes a frame, by default `session.frame` (the command line wraps it in its
+    out-of-memory fallback)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     frames = []
     for prompt in prompts:
         if not prompt:
             continue
-        image, timings = session.frame(prompt, seed)
+        image, timings = (render or session.frame)(prompt, seed)
         image.save(output)
         frames.append(timings)
         print(f"{prompt[:40]!r:44} {timings}", flush=True)

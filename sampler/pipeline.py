@@ -7,7 +7,7 @@ LoRA fused in. diffusers is imported lazily so the rest of the core stays torch-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -15,6 +15,9 @@ from .denoiser import DiffusersDenoiser
 from .noise import SeededNoise
 from .sampling import sample_dmd2
 from .schedule import sigmas_for_timesteps
+
+if TYPE_CHECKING:
+    from .memory import MemoryPlan
 
 VAE_DOWNSCALE = 8
 
@@ -37,12 +40,18 @@ def check_size(width: int, height: int) -> None:
             raise ValueError(f"{name} must be a multiple of 64 and at least 64, got {value}")
 
 
+def execution_device(pipe: Any) -> torch.device:
+    """Where a diffusers pipeline computes: its GPU even when offload hooks keep the weights on the CPU or the meta
+    device, where `pipe.unet.device` says "cpu" or "meta" (diffusers' `_execution_device` reads the hooks)."""
+    return pipe._execution_device
+
+
 def sdxl_conditioning(pipe: Any, prompts: Sequence[str], width: int, height: int) -> dict[str, Any]:
     """UNet conditioning for SDXL without classifier-free guidance (DMD2 uses none).
 
     Micro-conditioning time_ids are (H, W, 0, 0, H, W): original size = target size, no crop, as DMD2 trained.
     """
-    device = pipe.unet.device
+    device = execution_device(pipe)
     prompt_embeds, _, pooled, _ = pipe.encode_prompt(list(prompts), device=device, do_classifier_free_guidance=False)
     time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=prompt_embeds.dtype, device=device)
     return {"encoder_hidden_states": prompt_embeds,
@@ -51,10 +60,14 @@ def sdxl_conditioning(pipe: Any, prompts: Sequence[str], width: int, height: int
 
 def generate_latents(unet: torch.nn.Module, cond: dict[str, Any], timesteps: Sequence[int], seeds: Sequence[int],
                      width: int, height: int, callback: Callable[[dict[str, Any]], None] | None = None,
-                     progress: bool = True) -> torch.Tensor:
-    """Run DMD2 on `timesteps` from seeded unit-variance noise; one seed per image. Returns float32 latents."""
+                     progress: bool = True, device: torch.device | None = None) -> torch.Tensor:
+    """Run DMD2 on `timesteps` from seeded unit-variance noise; one seed per image. Returns float32 latents.
+
+    `device`: where noise and latents live, by default the UNet's; pass `execution_device(pipe)` for an offloaded
+    UNet, whose own parameters sit on the CPU or the meta device.
+    """
     check_size(width, height)
-    device = unet.device
+    device = device or unet.device
     noise = SeededNoise(seeds, (unet.config.in_channels, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE), device)
     sigmas = sigmas_for_timesteps(timesteps).to(device, torch.float32)
     return sample_dmd2(DiffusersDenoiser(unet), noise.draw() * sigmas[0], sigmas, extra_args=cond,
@@ -70,11 +83,16 @@ def to_pil_images(rgb: torch.Tensor) -> list:
 
 
 @torch.no_grad()
-def decode_to_images(vae: torch.nn.Module, latents: torch.Tensor) -> list:
-    """Decode latents to PIL images. The stock SDXL VAE overflows in fp16, so it decodes in fp32 when it says so."""
+def decode_to_images(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device | None = None) -> list:
+    """Decode latents to PIL images. The stock SDXL VAE overflows in fp16, so it decodes in fp32 when it says so.
+
+    `device`: where to decode, by default the VAE's own; pass `execution_device(pipe)` for an offloaded VAE (its
+    offload hook moves the weights there, not the latents).
+    """
     if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
         vae = vae.to(torch.float32)
-    pixels = vae.decode((latents / vae.config.scaling_factor).to(vae.device, vae.dtype), return_dict=False)[0]
+    latents = (latents / vae.config.scaling_factor).to(device or vae.device, vae.dtype)
+    pixels = vae.decode(latents, return_dict=False)[0]
     return to_pil_images((pixels.float() + 1) / 2)
 
 
@@ -112,12 +130,15 @@ def sdxl_from_checkpoint(path: Path, dtype: torch.dtype) -> Any:
 
 
 def load_dmd2_sdxl(model: str, models_dir: Path, device: torch.device, dtype: torch.dtype,
-                   lora_strength: float = 1.0, progress: Any = None) -> tuple[Any, tuple[int, ...]]:
+                   lora_strength: float = 1.0, progress: Any = None,
+                   memory: MemoryPlan | None = None) -> tuple[Any, tuple[int, ...]]:
     """SDXL base with the DMD2 UNet swapped in or the DMD2 LoRA fused; returns (pipeline, trained timesteps).
 
     `model` is a catalog id or a local file. Files this pack does not recognise as DMD2 get the 4-step plan.
+    `memory`: how the pipeline goes onto `device` (`sampler.memory.plan_for_device`); by default all of it.
     """
     from .checkpoints import check_compatible, resolve_model
+    from .memory import ALL_ON_DEVICE, apply_memory_plan
     from .plans import DEFAULT_TRAINED
 
     dmd2 = resolve_model(model, models_dir, progress)
@@ -125,7 +146,8 @@ def load_dmd2_sdxl(model: str, models_dir: Path, device: torch.device, dtype: to
     base = resolve_model(SDXL_BASE_ID, models_dir, progress)
     pipe = sdxl_from_checkpoint(base.path, dtype)
     apply_dmd2_weights(pipe, dmd2.path, dmd2.info, lora_strength)
-    return pipe.to(device), dmd2.info.trained_timesteps or DEFAULT_TRAINED
+    apply_memory_plan(pipe, memory or ALL_ON_DEVICE, device)
+    return pipe, dmd2.info.trained_timesteps or DEFAULT_TRAINED
 
 
 def apply_dmd2_weights(pipe: Any, path: Path, info: Any, lora_strength: float = 1.0) -> None:
