@@ -1,0 +1,1 @@
+"""DMD2 training: distil your own one- or few-step generator."""
