@@ -67,8 +67,17 @@ def generate_latents(unet: torch.nn.Module, cond: dict[str, Any], timesteps: Seq
     UNet, whose own parameters sit on the CPU or the meta device.
     """
     check_size(width, height)
+    shape = (unet.config.in_channels, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE)
+    return sample_seeded(unet, cond, timesteps, seeds, shape, callback, progress, device)
+
+
+def sample_seeded(unet: torch.nn.Module, cond: dict[str, Any], timesteps: Sequence[int], seeds: Sequence[int],
+                  shape: Sequence[int], callback: Callable[[dict[str, Any]], None] | None = None,
+                  progress: bool = True, device: torch.device | None = None) -> torch.Tensor:
+    """DMD2 on `timesteps` for an epsilon UNet whose input has `shape` (C, H, W) per image, from seeded
+    unit-variance noise (image i: seed `seeds[i]`). No size rule: also pixel-space UNets of any size."""
     device = device or unet.device
-    noise = SeededNoise(seeds, (unet.config.in_channels, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE), device)
+    noise = SeededNoise(seeds, shape, device)
     sigmas = sigmas_for_timesteps(timesteps).to(device, torch.float32)
     return sample_dmd2(DiffusersDenoiser(unet), noise.draw() * sigmas[0], sigmas, extra_args=cond,
                        callback=callback, disable=not progress, noise_sampler=noise, pure_noise=True)
