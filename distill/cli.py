@@ -118,10 +118,47 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_shapes_proof_subcommand(subparsers) -> None:
+    p = subparsers.add_parser(
+        "shapes-proof", help="the small-scale CPU proof: teacher, DMD2 students, ablations, results table",
+        description="Train a small teacher on procedural 32x32 coloured shapes, distil it into DMD2 1-step and "
+                    "4-step students and the ablations, and print the README's table (Frechet distance in a shape "
+                    "classifier's feature space, prompt accuracy). Stages are cached in --out.")
+    p.add_argument("--out", type=Path, default=Path("outputs/shapes-proof"))
+    p.add_argument("--steps", type=int, default=1000, help="training steps per student (default: %(default)s)")
+    p.add_argument("--teacher-steps", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--ship", action="store_true",
+                   help="copy the 4-step student to sampler/embedded/, the command line's offline default model")
+    p.set_defaults(func=run_shapes_proof)
+
+
+def run_shapes_proof(args: argparse.Namespace) -> int:
+    import shutil
+
+    import torch
+
+    from sampler.shapes import EMBEDDED_MODEL
+
+    from .shapes.proof import SHIPPED_RUN, run_proof, slug, table
+
+    torch.set_num_threads(args.threads)
+    rows = run_proof(args.out, args.steps, args.teacher_steps)
+    text = table(rows)
+    (args.out / "results.md").write_text(text + "\n")
+    print(text)
+    if args.ship:
+        EMBEDDED_MODEL.parent.mkdir(exist_ok=True)
+        shutil.copyfile(args.out / f"{slug(SHIPPED_RUN)}.safetensors", EMBEDDED_MODEL)
+        print(f"[DMD2] shipped {SHIPPED_RUN} as {EMBEDDED_MODEL}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m distill", description="DMD2 distillation.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_train_subcommand(subparsers)
+    add_shapes_proof_subcommand(subparsers)
     return parser
 
 

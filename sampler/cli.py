@@ -15,15 +15,22 @@ if TYPE_CHECKING:
     from .memory import MemoryPlan
 
 
+#: `--model` value of the embedded shapes student (sampler/embedded/), the offline default.
+SHAPES_MODEL_ID = "shapes"
+
+
 def add_generate_subcommand(subparsers) -> argparse.ArgumentParser:
     from .pipeline import DEFAULT_MODEL_ID
 
     p = subparsers.add_parser("generate", help="text to image with a DMD2 SDXL model (no host needed)",
                               description="Generate images with DMD2 on SDXL base 1.0: the DMD2 UNet or LoRA, "
                                           "sampled on its trained timesteps. Weights come from the catalog "
-                                          "(downloaded and verified on first use) or a local file.")
+                                          "(downloaded and verified on first use) or a local file. Without "
+                                          "--model and with no SDXL weights on disk, the embedded 32x32 shapes "
+                                          "student draws a grid offline instead (prompts like 'red circle').")
     p.add_argument("prompt", nargs="+", help="the prompt; several prompts make several images")
-    p.add_argument("--model", default=DEFAULT_MODEL_ID, help="catalog id or file (default: %(default)s)")
+    p.add_argument("--model", help=f"catalog id, file, or '{SHAPES_MODEL_ID}' (the embedded shapes student); default: "
+                                   f"{DEFAULT_MODEL_ID} when SDXL base and it are on disk, else {SHAPES_MODEL_ID}")
     p.add_argument("--steps", type=int, help="UNet passes (default: the model's trained step count)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
     p.add_argument("--width", type=int, default=1024)
@@ -69,9 +76,20 @@ def run_generate(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise DMD2Error(f"--batch must be >= 1, got {args.batch}")
+    models_dir = args.models_dir or default_models_dir()
+    if args.model is None:
+        missing = missing_default_files(models_dir)
+        if missing:
+            print(f"[DMD2] no SDXL DMD2 weights in {models_dir} ({', '.join(missing)} missing): drawing with the "
+                  f"embedded shapes student instead, a {EMBEDDED_NOTE}. For real images: --model {DEFAULT_MODEL_ID} "
+                  f"(downloads ~7.3 GB once).")
+            return run_shapes_generate(args)
+        args.model = DEFAULT_MODEL_ID
+    if args.model == SHAPES_MODEL_ID:
+        return run_shapes_generate(args)
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
     plan = plan_memory_for(args, device, dtype)
-    pipe, trained = load_dmd2_sdxl(args.model, args.models_dir or default_models_dir(), device, dtype,
+    pipe, trained = load_dmd2_sdxl(args.model, models_dir, device, dtype,
                                    args.lora_strength, tqdm_progress(), memory=plan)
     timesteps = timesteps_for(args.steps or len(trained), trained)
     prompts = [p for p in args.prompt for _ in range(args.batch)]
@@ -87,6 +105,47 @@ def run_generate(args: argparse.Namespace) -> int:
 
     made, _ = run_with_oom_fallback(images, plan, args.offload, lambda leaner: apply_memory_plan(pipe, leaner, device))
     for path in save_images(made, args.output):
+        print(path)
+    return 0
+
+
+#: What the embedded model is, for the line the command line prints when it falls back to it.
+EMBEDDED_NOTE = ("1.4 MB DMD2 4-step generator of 32x32 coloured shapes distilled on a CPU by `python -m distill "
+                 "shapes-proof`; it knows prompts like 'red circle' or 'blue square' and nothing else")
+
+
+def missing_default_files(models_dir: Path) -> list[str]:
+    """File names of the default SDXL model (SDXL base + the DMD2 LoRA) not yet in `models_dir`."""
+    from .catalog import load_catalog
+    from .download import target_path
+    from .pipeline import DEFAULT_MODEL_ID, SDXL_BASE_ID
+
+    catalog = load_catalog()
+    entries = [catalog.get(SDXL_BASE_ID), catalog.get(DEFAULT_MODEL_ID)]
+    return [e.filename for e in entries if not target_path(e, Path(models_dir) / e.comfyui_folder).exists()]
+
+
+def run_shapes_generate(args: argparse.Namespace) -> int:
+    """Draw the prompts with the embedded shapes student into one grid image (CPU, well under a second)."""
+    import time
+
+    from .pipeline import save_images
+    from .plans import timesteps_for
+    from .shapes import EMBEDDED_MODEL, SHAPES, COLOURS, generate_shapes, image_grid, load_shapes_model
+
+    model = load_shapes_model(EMBEDDED_MODEL)
+    prompts = [p for p in args.prompt for _ in range(args.batch)]
+    start = time.perf_counter()
+    try:
+        images = generate_shapes(model, prompts, args.seed, args.steps)
+    except ValueError as e:
+        raise DMD2Error(f"{e}. The embedded shapes student draws '<colour> <shape>' only (colours: "
+                        f"{', '.join(COLOURS)}; shapes: {', '.join(SHAPES)}); for any other prompt use an SDXL model: "
+                        f"--model dmd2-sdxl-4step-lora-fp16") from None
+    timesteps = timesteps_for(args.steps or len(model.trained_timesteps), model.trained_timesteps)
+    print(f"[DMD2] {len(prompts)} image(s), 32x32, timesteps {list(timesteps)}, "
+          f"{time.perf_counter() - start:.2f} s on the CPU")
+    for path in save_images([image_grid(images, columns=min(len(prompts), 8))], args.output):
         print(path)
     return 0
 

@@ -37,6 +37,8 @@ EMBED_DIM = 32
 VOCAB: tuple[str, ...] = ("",) + tuple(COLOURS) + SHAPES
 _IDS = {word: i for i, word in enumerate(VOCAB)}
 _KIND = "dmd2-shapes"
+#: The shipped student (`python -m distill shapes-proof --ship`): the command line's offline default model.
+EMBEDDED_MODEL = Path(__file__).parent / "embedded" / "dmd2_shapes_4step.safetensors"
 
 
 def tokenize(prompts: Sequence[str]) -> torch.Tensor:

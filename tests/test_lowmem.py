@@ -220,7 +220,7 @@ def test_cli_says_when_it_offloads(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pipeline, "load_dmd2_sdxl", load)
     out = tmp_path / "img.png"
     assert cli.main(["generate", "a cat", "--device", "cuda:0", "--width", "64", "--height",
-                     "64", "--output", str(out)]) == 0
+                     "64", "--output", str(out), "--model", "dmd2-sdxl-4step-lora-fp16"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("[DMD2] 7.6 GiB free on cuda:0 (of 8.0 GiB): SDXL needs ~")
     assert first.endswith("offloading models to the CPU one at a time (slower); --offload none to force")

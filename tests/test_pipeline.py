@@ -102,7 +102,8 @@ def test_cli_generate_writes_images(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pipeline, "load_dmd2_sdxl",
                         lambda *a, **k: (tiny_sdxl_pipeline(tmp_path), TRAINED_TIMESTEPS["sdxl_1step"]))
     out = tmp_path / "img.png"
-    assert cli.main(["generate", "a cat", "a dog", "--width", "64", "--height", "64", "--output", str(out)]) == 0
+    assert cli.main(["generate", "a cat", "a dog", "--width", "64", "--height", "64", "--output", str(out),
+                     "--model", "dmd2-sdxl-4step-lora-fp16"]) == 0
     printed = capsys.readouterr().out
     assert "timesteps [399]" in printed and (tmp_path / "img-0.png").exists() and (tmp_path / "img-1.png").exists()
 
@@ -112,7 +113,7 @@ def test_cli_offline_names_the_file_and_folder(tmp_path):
     import sys
 
     env = {"HF_HUB_OFFLINE": "1", "DMD2_MODELS_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "sampler", "generate", "a cat"], capture_output=True, text=True,
-                          env=env, cwd=str(Path(__file__).parent.parent))
+    done = subprocess.run([sys.executable, "-m", "sampler", "generate", "a cat", "--model", "dmd2-sdxl-4step-lora-fp16"],
+                          capture_output=True, text=True, env=env, cwd=str(Path(__file__).parent.parent))
     assert done.returncode == 1
     assert "dmd2_sdxl_4step_lora_fp16.safetensors" in done.stderr and f"put it in {tmp_path}/loras" in done.stderr
