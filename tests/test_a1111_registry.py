@@ -168,6 +168,16 @@ def test_plan_from_setting_checkpoint_lora_name_metadata_and_fallback(tmp_path):
     assert set(plan.SETTING_CHOICES) == {"Automatic", *plan.PLAN_LABELS.values()}
 
 
+def test_plan_of_a_trainer_exported_file(tmp_path):
+    """Our distiller stamps trained timesteps; A1111 runs the released plan with the same timesteps, and falls back
+    (by name / default) for timesteps no released plan has."""
+    save_file({"x": torch.zeros(1)}, tmp_path / "student.safetensors", metadata={"dmd2_trained_timesteps": "399"})
+    chosen = plan.choose_plan("Automatic", (str(tmp_path / "student.safetensors"), None))
+    assert chosen.name == "sdxl_1step" and "dmd2_trained_timesteps" in chosen.reason
+    save_file({"x": torch.zeros(1)}, tmp_path / "odd.safetensors", metadata={"dmd2_trained_timesteps": "999,499"})
+    assert plan.choose_plan("Automatic", (str(tmp_path / "odd.safetensors"), None)).reason.startswith("no DMD2")
+
+
 def forge_shaped_kdiff(table):
     """A KDiffusionSampler shaped like Forge's: its own CFG denoiser (already cond-only at CFG 1), `sample` scaling
     the noise by sigma_0 (or sqrt(1 + sigma_0^2) with the SGM option) and calling self.func with sigmas."""

@@ -301,6 +301,17 @@ def test_facts_for_plan_choice():
     assert loaders.facts_for(info).trained_timesteps == (999, 749, 499, 249)
 
 
+def test_facts_for_a_trainer_exported_file_come_from_its_stamp(tmp_path):
+    """A student exported by `python -m distill` (any name) runs on the timesteps stamped in it."""
+    from sampler.checkpoints import inspect_file, timesteps_metadata
+
+    path = tmp_path / "my_finetune_student.safetensors"
+    save_file({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)}, path,
+              metadata=timesteps_metadata((999, 499)))
+    facts = loaders.facts_for(inspect_file(path))
+    assert facts.trained_timesteps == (999, 499) and "dmd2_trained_timesteps" in facts.source
+
+
 def _file(tmp_path, name, tensors):
     path = tmp_path / name
     save_file(tensors, path)
