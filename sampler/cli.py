@@ -69,7 +69,7 @@ def plan_memory_for(args: argparse.Namespace, device: torch.device, dtype: torch
 def run_generate(args: argparse.Namespace) -> int:
     from .download import default_models_dir, tqdm_progress
     from .memory import apply_memory_plan, run_with_oom_fallback
-    from .pipeline import (decode_to_images, execution_device, generate_latents, load_dmd2_sdxl,
+    from .pipeline import (DEFAULT_MODEL_ID, decode_to_images, execution_device, generate_latents, load_dmd2_sdxl,
                            pick_device_and_dtype, save_images, sdxl_conditioning)
     from .noise import batch_seeds
     from .plans import timesteps_for
