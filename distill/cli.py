@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Sequence
 
+from sampler.cli import run_command
 from sampler.errors import DMD2Error
 from sampler.plans import TRAINED_TIMESTEPS
 
@@ -163,9 +163,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (DMD2Error, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_command(build_parser(), argv)

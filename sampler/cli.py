@@ -234,10 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse and run a subcommand; a DMD2Error or ValueError is bad input: its message on stderr, exit status 1."""
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (DMD2Error, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(build_parser(), argv)
