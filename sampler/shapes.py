@@ -156,7 +156,8 @@ def load_shapes_model(path: Path | str, device: str | torch.device = "cpu") -> S
 
 
 @torch.no_grad()
-def generate_shapes(model: ShapesModel, prompts: Sequence[str], seed: int = 0, steps: int | None = None) -> torch.Tensor:
+def generate_shapes(model: ShapesModel, prompts: Sequence[str], seed: int = 0,
+                    steps: int | None = None) -> torch.Tensor:
     """DMD2 images (B, 3, 32, 32) in [0, 1] for `prompts`; image i from seed `seed + i`.
 
     Runs `steps` passes (default: one per trained timestep) on the model's trained timesteps; a model without them

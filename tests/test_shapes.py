@@ -12,7 +12,7 @@ from distill.shapes.classifier import features, predict, train_classifier
 from distill.shapes.data import render, sample_batch
 from distill.shapes.metrics import frechet_distance, prompt_accuracy
 from distill.shapes.sampling import teacher_sample
-from distill.shapes.teacher import train_teacher
+from distill.shapes.teacher import offset_noise, train_teacher
 from sampler.errors import DMD2Error
 from sampler.schedule import scaled_linear_alphas_cumprod
 from sampler.shapes import (COLOURS, PROMPTS, SHAPES, PromptEncoder, ShapesModel, generate_shapes, image_grid,
@@ -180,6 +180,16 @@ def test_teacher_sample_is_ddim_with_cfg(model, guidance):
     ours = teacher_sample(model.unet, model.encoder, prompts, steps=4, guidance_scale=guidance, seed=5)
     assert ours.shape == (2, 3, 32, 32)
     torch.testing.assert_close(ours, expected, atol=2e-4, rtol=0)
+
+
+def test_offset_noise_adds_one_offset_per_image_and_channel():
+    plain = offset_noise(torch.Size([400, 3, 32, 32]), 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(plain, torch.randn(400, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    offset = offset_noise(torch.Size([400, 3, 32, 32]), 0.5, torch.Generator().manual_seed(0))
+    means = offset.mean(dim=(2, 3))
+    assert means.std().item() == pytest.approx((0.25 + 1 / 1024) ** 0.5, rel=0.1)
+    torch.testing.assert_close(offset - means[:, :, None, None], plain - plain.mean(dim=(2, 3), keepdim=True),
+                               atol=1e-5, rtol=0)
 
 
 def test_train_teacher_runs_and_returns_frozen_ema_models():

@@ -54,7 +54,7 @@ def prepare(out_dir: Path | str, teacher_steps: int = 2000, classifier_steps: in
     return paths
 
 
-def baselines(paths: dict[str, Path], guidance_scales: Sequence[float] = (3.0,), seed: int = EVAL_SEED,
+def baselines(paths: dict[str, Path], guidance_scales: Sequence[float] = (2.0,), seed: int = EVAL_SEED,
               progress: bool = True) -> list[dict]:
     """FD and prompt accuracy of real images and of the teacher (50-step CFG, naive 4-step) on EVAL_PROMPTS.
 
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 is faster on a busy machine)")
     parser.add_argument("--baselines", action="store_true", help="also evaluate real data and the teacher")
-    parser.add_argument("--guidance", type=float, nargs="+", default=[3.0], help="CFG scales of the baselines")
+    parser.add_argument("--guidance", type=float, nargs="+", default=[2.0], help="CFG scales of the baselines")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     paths = prepare(args.out_dir, args.teacher_steps, args.classifier_steps, args.seed)

@@ -24,6 +24,20 @@ def add_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Ten
     return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
 
 
+def offset_noise(shape: torch.Size, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Training noise: standard normal plus `strength` times one normal value per image and channel.
+
+    The scaled-linear schedule keeps sqrt(abar_999) = 0.068 of the image at t=999. Averaged over a 32x32 channel
+    that leak is far above the noise (1/32), so a plainly trained teacher reads each image's mean colour off x_999;
+    sampling starts from pure noise, whose mean says "mid-grey image", and the teacher then draws grey and tinted
+    backgrounds (and goes off the data manifold from there). A random per-channel offset (Guttenberg's offset
+    noise) drowns that mean, so the teacher takes the background from the data instead of from the noise.
+    """
+    batch, channels = shape[0], shape[1]
+    eps = torch.randn(shape, generator=generator)
+    return eps + strength * torch.randn(batch, channels, 1, 1, generator=generator)
+
+
 def drop_prompts(prompts: list[str], p: float, generator: torch.Generator) -> list[str]:
     """Each prompt replaced by "" with probability p: the teacher also learns the unconditional model CFG needs."""
     keep = torch.rand(len(prompts), generator=generator) >= p
@@ -45,13 +59,16 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.lerp_(p, 1 - decay)
 
 
-def train_teacher(steps: int = 2000, batch_size: int = 32, seed: int = 0, lr: float = 1e-3, *,
+def train_teacher(steps: int = 2000, batch_size: int = 32, seed: int = 0, lr: float = 2e-3, *,
                   warmup: int = 100, ema_decay: float = 0.999, p_uncond: float = 0.1,
-                  progress: bool = True) -> tuple[torch.nn.Module, PromptEncoder]:
+                  offset: float = 0.1, progress: bool = True) -> tuple[torch.nn.Module, PromptEncoder]:
     """Train UNet and prompt encoder together; return their EMA copies in eval mode (the teacher).
 
-    The EMA decay ramps up as (1 + n) / (10 + n) to `ema_decay`, so the average does not remember the random init
-    over a run of only a few thousand steps.
+    The EMA decay at step n is (1 + n) / (10 + n), capped at `ema_decay`: over a run of a few thousand steps
+    (0.9955 at step 2000) the average forgets the random init and covers about the last tenth of the run.
+    `offset` is the offset-noise strength (see `offset_noise`); without it the 50-step teacher drew grey, tinted
+    backgrounds and the wrong colour most of the time (prompt accuracy 0.31 against 0.92 with it). At 2000 steps
+    lr 2e-3 beat 1e-3 (accuracy 0.98 against 0.92, CFG 3).
     """
     generator = torch.Generator().manual_seed(seed)
     unet = shapes_unet(seed).train()
@@ -66,7 +83,7 @@ def train_teacher(steps: int = 2000, batch_size: int = 32, seed: int = 0, lr: fl
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps, lr, warmup)
         x0, prompts = sample_batch(batch_size, generator)
-        eps = torch.randn(x0.shape, generator=generator)
+        eps = offset_noise(x0.shape, offset, generator)
         t = torch.randint(NUM_TRAIN_TIMESTEPS, (batch_size,), generator=generator)
         cond = encoder(tokenize(drop_prompts(prompts, p_uncond, generator)))
         pred = unet(add_noise(x0, eps, t), t, encoder_hidden_states=cond, return_dict=False)[0]
