@@ -128,6 +128,8 @@ def add_shapes_proof_subcommand(subparsers) -> None:
     p.add_argument("--steps", type=int, default=1000, help="training steps per student (default: %(default)s)")
     p.add_argument("--teacher-steps", type=int, default=2000)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--only", nargs="+", metavar="RUN",
+                   help="train only these students (names as in the table), e.g. to split the runs over processes")
     p.add_argument("--ship", action="store_true",
                    help="copy the 4-step student to sampler/embedded/, the command line's offline default model")
     p.set_defaults(func=run_shapes_proof)
@@ -143,7 +145,7 @@ def run_shapes_proof(args: argparse.Namespace) -> int:
     from .shapes.proof import SHIPPED_RUN, run_proof, slug, table
 
     torch.set_num_threads(args.threads)
-    rows = run_proof(args.out, args.steps, args.teacher_steps)
+    rows = run_proof(args.out, args.steps, args.teacher_steps, only=args.only)
     text = table(rows)
     (args.out / "results.md").write_text(text + "\n")
     print(text)

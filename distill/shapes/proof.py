@@ -30,7 +30,7 @@ from .prepare import EVAL_PROMPTS, EVAL_SEED, prepare
 from .sampling import seeded_noise, teacher_sample
 
 #: Teacher CFG scale of the baselines and of the real score (chosen on the teacher's 50-step FD / accuracy).
-GUIDANCE = 3.0
+GUIDANCE = 2.0
 REGRESSION_PAIRS = 256
 REGRESSION_SEED = 2_000_000
 #: The shipped student: the command line's offline default (sampler/embedded/).
@@ -138,8 +138,18 @@ def score(name: str, images: torch.Tensor, seconds: float, classifier, reference
     return {"name": name, **evaluate(classifier, images, EVAL_PROMPTS, reference), "seconds": seconds}
 
 
-def run_proof(out: Path, steps: int, teacher_steps: int = 2000, progress: bool = True) -> list[dict]:
-    """Every row of the table, cached in out/results.json (delete a row's entry to recompute it)."""
+def _record(results_path: Path, row: dict) -> dict:
+    """Add one row to results.json, re-reading it first: two proof processes may share the folder."""
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results[row["name"]] = row
+    results_path.write_text(json.dumps(results, indent=1))
+    return results
+
+
+def run_proof(out: Path, steps: int, teacher_steps: int = 2000, progress: bool = True,
+              only: Sequence[str] | None = None) -> list[dict]:
+    """Every row of the table, cached in out/results.json (delete a row's entry to recompute it). `only`: train
+    just these students (names from RUNS), e.g. to split the runs over two processes."""
     out.mkdir(parents=True, exist_ok=True)
     paths = prepare(out, teacher_steps, progress=progress)
     results_path = out / "results.json"
@@ -163,16 +173,16 @@ def run_proof(out: Path, steps: int, teacher_steps: int = 2000, progress: bool =
     }
     for name, sample in rows.items():
         if name not in results:
-            results[name] = score(name, *timed(sample), classifier, reference, out)
-            results_path.write_text(json.dumps(results, indent=1))
+            results = _record(results_path, score(name, *timed(sample), classifier, reference, out))
     for run in RUNS:
-        if run.name in results:
+        if run.name in results or (only and run.name not in only):
             continue
         student = load_shapes_model(train_student(run, paths["teacher"], pairs, steps, out, progress))
         images, seconds = timed(lambda: generate_shapes(student, EVAL_PROMPTS, EVAL_SEED) * 2 - 1)
-        results[run.name] = {**score(run.name, images, seconds, classifier, reference, out), "note": student.note}
-        results_path.write_text(json.dumps(results, indent=1))
-    return list(results.values())
+        results = _record(results_path, {**score(run.name, images, seconds, classifier, reference, out),
+                                         "note": student.note})
+    order = [name for name in results if name not in {r.name for r in RUNS}] + [r.name for r in RUNS]
+    return [results[name] for name in order if name in results]
 
 
 def table(rows: Sequence[dict]) -> str:
