@@ -125,7 +125,7 @@ def add_shapes_proof_subcommand(subparsers) -> None:
                     "4-step students and the ablations, and print the README's table (Frechet distance in a shape "
                     "classifier's feature space, prompt accuracy). Stages are cached in --out.")
     p.add_argument("--out", type=Path, default=Path("outputs/shapes-proof"))
-    p.add_argument("--steps", type=int, default=1000, help="training steps per student (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=600, help="training steps per student (default: %(default)s)")
     p.add_argument("--teacher-steps", type=int, default=2000)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--only", nargs="+", metavar="RUN",

@@ -1,6 +1,6 @@
 """The small-scale proof: DMD2 students of the shapes teacher against the teacher itself, and ablations.
 
-    python -m distill shapes-proof [--out outputs/shapes-proof] [--steps 1000] [--ship]
+    python -m distill shapes-proof [--out outputs/shapes-proof] [--steps 600] [--threads 1] [--ship]
 
 Stages are cached in the output folder (teacher, classifier, regression pairs, each student, each row of the
 table), so an interrupted run picks up where it stopped and a rerun only prints the table. Every row is scored
