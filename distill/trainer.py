@@ -125,7 +125,7 @@ class DistillTrainer:
         sigmas = sigmas_for_timesteps(trained[:k + 1]).float().to(self.acc.device)[:-1]
         noise = self._randn(n)
         if k == 0:
-            x = noise * sigmas[0] * unit_variance_scale(float(sigmas[0]))
+            x = pure_noise_input(noise, float(sigmas[0]))
         else:
             generator = self.acc.unwrap_model(self.generator)
             x = sample_dmd2(lambda x, s, **c: predict_x0(generator, x, s, c), noise * sigmas[0], sigmas,
@@ -159,7 +159,7 @@ class DistillTrainer:
             if cfg.regression_weight > 0:
                 noise, target, pair_prompts = self.data.regression_batch(n, self.rng)
                 sigma0 = self.sigma_table[cfg.trained_timesteps[0]].to(self.acc.device).expand(n)
-                pure = noise.to(self.acc.device) * float(sigma0[0]) * unit_variance_scale(float(sigma0[0]))
+                pure = pure_noise_input(noise.to(self.acc.device), float(sigma0[0]))
                 x_pair = predict_x0(self.generator, pure, sigma0, self.data.cond(pair_prompts)).float()
                 reg = losses.regression_loss(x_pair, target.to(self.acc.device))
                 logs["gen/regression"] = reg.item()
@@ -285,6 +285,12 @@ class DistillTrainer:
     def student(self) -> nn.Module:
         """The generator UNet (with its LoRA adapter, if any), unwrapped from accelerate."""
         return self.acc.unwrap_model(self.generator)
+
+
+def pure_noise_input(noise: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The variance-exploding input at `sigma` in which the UNet sees `noise` itself (unit variance), as
+    `sample_dmd2(pure_noise=True)` feeds a generator's first step."""
+    return noise * sigma * unit_variance_scale(sigma)
 
 
 def _config_record(config: DistillConfig) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .checkpoints import timesteps_from_metadata, timesteps_metadata
 from .convert import TensorSource, write_safetensors
 from .errors import DMD2Error, WrongKindError
 from .noise import batch_seeds
@@ -123,7 +124,7 @@ def save_shapes_model(path: Path | str, unet: torch.nn.Module, encoder: PromptEn
     metadata = {"format": "pt", "dmd2_kind": _KIND, "dmd2_unet_config": json.dumps(dict(unet.config)),
                 "dmd2_vocab": _vocab_json(), "dmd2_note": note}
     if trained_timesteps is not None:
-        metadata["dmd2_trained_timesteps"] = ",".join(str(int(t)) for t in trained_timesteps)
+        metadata.update(timesteps_metadata(trained_timesteps))
     return write_safetensors(path, tensors, metadata)
 
 
@@ -132,7 +133,6 @@ def load_shapes_model(path: Path | str, device: str | torch.device = "cpu") -> S
     from diffusers import UNet2DConditionModel
 
     from .checkpoints import load_state_dict, read_safetensors_header
-    from .plans import check_trained
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -150,8 +150,7 @@ def load_shapes_model(path: Path | str, device: str | torch.device = "cpu") -> S
     encoder_sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
     encoder = PromptEncoder(dim=encoder_sd["words.weight"].shape[1])
     encoder.load_state_dict(encoder_sd)
-    trained = metadata.get("dmd2_trained_timesteps")
-    trained = check_trained(int(t) for t in trained.split(",")) if trained else None
+    trained = timesteps_from_metadata(metadata, path.name)
     return ShapesModel(unet.to(device).eval(), encoder.to(device).eval(), trained, metadata.get("dmd2_note", ""))
 
 

@@ -20,7 +20,6 @@ from typing import Any, Sequence
 import torch
 
 from sampler.shapes import PROMPTS, ShapesModel, generate_shapes, image_grid, load_shapes_model, save_shapes_model
-from sampler.shapes import tokenize
 
 from ..trainer import DistillConfig, DistillTrainer
 from .classifier import load_classifier
@@ -52,7 +51,7 @@ class ShapesData:
 
     @torch.no_grad()
     def cond(self, prompts: Sequence[str]) -> dict[str, Any]:
-        return {"encoder_hidden_states": self.teacher.encoder(tokenize(prompts))}
+        return self.teacher.cond(prompts)
 
     def real_batch(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
         return sample_batch(n, generator)
