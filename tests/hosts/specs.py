@@ -1,0 +1,54 @@
+"""The test hosts: every ComfyUI / A1111-family version the end-to-end suites run against, pinned by commit.
+
+A host is built from its git sources (a GitHub URL, or a local mirror of it: see `common.source_url`) into
+`<dest>/<name>/` by its family's builder (`comfyui.py`, `webui.py`), never inside this repository.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Source:
+    """One git tree of a host: `repo` ("owner/name" on GitHub) at `commit`, checked out at `path` in the host."""
+
+    repo: str
+    commit: str
+    path: str = ""  # "" is the host's own tree; else e.g. "repositories/k-diffusion"
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str  # command-line name and folder under <dest>
+    family: str  # "comfyui" or "webui": which builder and which end-to-end suite
+    label: str  # what the compatibility table calls it
+    sources: tuple[Source, ...]  # the host's own tree first
+    suite: tuple[str, ...]  # pytest paths run against it by the matrix
+    env: str  # prefix of the variables the suite reads: <env>_PATH, <env>_PYTHON
+
+    @property
+    def commit(self) -> str:
+        return self.sources[0].commit
+
+
+_A1111_REPOS = (
+    Source("AUTOMATIC1111/stable-diffusion-webui-assets", "6f7db241d2f8ba7457bac5ca9753331f0c266917",
+           "repositories/stable-diffusion-webui-assets"),
+    Source("Stability-AI/generative-models", "45c443b316737a4ab6e40413d7794a7f5657c19f",
+           "repositories/generative-models"),
+    Source("crowsonkb/k-diffusion", "ab527a9a6d347f364e3d185ba6d714e22d80cb3c", "repositories/k-diffusion"),
+    Source("salesforce/BLIP", "48211a1594f1321b00f14c9f7a5b4813144b2fb9", "repositories/BLIP"),
+)
+_STABLE_DIFFUSION = Source("Stability-AI/stablediffusion", "cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf",
+                           "repositories/stable-diffusion-stability-ai")
+
+HOSTS: dict[str, HostSpec] = {spec.name: spec for spec in (
+    HostSpec("comfyui-0.3.64", "comfyui", "ComfyUI v0.3.64",
+             (Source("Comfy-Org/ComfyUI", "a125cd84"),), ("tests/comfyui", "tests/browser"), "COMFYUI"),
+    HostSpec("comfyui-0.33.0", "comfyui", "ComfyUI v0.33.0",
+             (Source("yzkee/ComfyUI", "2f35f4a0"),), ("tests/comfyui", "tests/browser"), "COMFYUI"),
+    HostSpec("a1111-1.10.1", "webui", "A1111 v1.10.1",
+             (Source("mamei16/stable-diffusion-webui", "82a973c0"), _STABLE_DIFFUSION, *_A1111_REPOS),
+             ("tests/a1111",), "A1111"),
+)}
