@@ -44,7 +44,12 @@ def source_url(repo: str, mirrors: Path | None) -> str:
 
 
 def checkout(source: Source, dest: Path, mirrors: Path | None) -> str:
-    """`source.repo` at `source.commit` in `dest` (detached HEAD); returns the full commit hash."""
+    """`source.repo` at `source.commit` in `dest` (detached HEAD); returns the full commit hash.
+
+    A local mirror's objects are read in place (git alternates) instead of fetched: a fetch packs every object and
+    dies on the large blobs a mirror may lack. Files whose blobs are absent are left out of the tree (sparse
+    checkout) and named in one log line.
+    """
     url = source_url(source.repo, mirrors)
     if not (dest / ".git").exists():
         dest.mkdir(parents=True, exist_ok=True)
@@ -52,13 +57,30 @@ def checkout(source: Source, dest: Path, mirrors: Path | None) -> str:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=dest, text=True, capture_output=True).stdout.strip()
     if not head.startswith(source.commit):
         log(f"checking out {source.repo}@{source.commit} from {url} into {dest}")
+        if not url.startswith("https://"):
+            mirror_objects = Path(run(["git", "rev-parse", "--absolute-git-dir"], cwd=Path(url)).strip()) / "objects"
+            (dest / ".git" / "objects" / "info" / "alternates").write_text(f"{mirror_objects}\n")
         have = subprocess.run(["git", "cat-file", "-e", source.commit + "^{commit}"], cwd=dest,
                               capture_output=True).returncode == 0
         if not have:
             run(["git", "fetch", "-q", url, "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"],
                 cwd=dest)
+        absent = absent_files(dest, source.commit)
+        if absent:
+            log(f"{source.repo}@{source.commit}: {len(absent)} file(s) absent from the source, left out: "
+                f"{', '.join(absent)}")
+            run(["git", "sparse-checkout", "set", "--no-cone", "/*", *(f"!/{path}" for path in absent)], cwd=dest)
         run(["git", "-c", "advice.detachedHead=false", "checkout", "-q", "--force", source.commit], cwd=dest)
     return run(["git", "rev-parse", "HEAD"], cwd=dest).strip()
+
+
+def absent_files(repo: Path, commit: str) -> list[str]:
+    """Paths of `commit`'s tree whose blobs the repository (with its alternates) does not have."""
+    entries = [line.split("\t", 1) for line in run(["git", "ls-tree", "-r", commit], cwd=repo).splitlines()]
+    blobs = [(meta.split()[2], path) for meta, path in entries if meta.split()[1] == "blob"]
+    check = subprocess.run(["git", "cat-file", "--batch-check"], cwd=repo, text=True, capture_output=True,
+                           input="".join(f"{oid}\n" for oid, _ in blobs)).stdout.splitlines()
+    return [path for (oid, path), line in zip(blobs, check) if line.endswith(" missing")]
 
 
 def make_venv(venv: Path, python: str = sys.executable) -> Path:

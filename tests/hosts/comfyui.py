@@ -1,0 +1,107 @@
+"""Build a ComfyUI test host: the tree at its pinned commit, its own venv on CPU torch, and the workarounds it needs.
+
+    <dest>/ComfyUI    the git tree at the spec's commit (never modified)
+    <dest>/venv       ComfyUI's requirements.txt (+ requests, missing from older lists) under the torch constraint
+    <dest>/host.json  COMFYUI_PATH / COMFYUI_PYTHON for tests/comfyui and tests/browser
+
+Workarounds, all inside the venv (a `sitecustomize.py`, which Python runs at every start), never in the tree:
+- PyPI's torchvision is built against PyPI's CUDA torch; next to the CPU torch its C++ operator library does not
+  load, and its `_meta_registrations` then fails on `register_fake("torchvision::nms")` ("operator does not exist").
+  Defining those operators' schemas first (`torch.library`, no kernels) lets `import torchvision` succeed; ComfyUI
+  uses torchvision's Python parts (transforms), and a call to nms itself raises NotImplementedError.
+- PyPI's torchaudio (2.11.1, the newest) fails to load its C++ libraries next to the CPU torch 2.13. ComfyUI
+  imports it at start (audio nodes; v0.33.0 also from comfy/ itself). torchaudio runs as pure Python when its
+  lib/*.so files are absent, so the build renames them (*.so.unloadable): its functional and transforms modules
+  work, only the C++-backed parts (forced alignment, CTC decoders) are unavailable.
+The build ends with ComfyUI's own `main.py --quick-test-for-ci --cpu` start-up check.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from . import common
+from .specs import HostSpec
+
+#: The operators torchvision's `_meta_registrations.py` registers fake kernels for unconditionally at import (the
+#: others only when its library loaded), with their schemas (torchvision/csrc/ops/nms.cpp, quantized/cpu/qnms).
+TORCHVISION_OPS = (
+    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+)
+
+SITECUSTOMIZE = '''"""Written by tests/hosts/comfyui.py (DMD2 test hosts). PyPI's torchvision is a CUDA build whose
+operator library does not load next to this venv's CPU torch; just before torchvision is first imported, define the
+operator schemas its import registers fake kernels for (no kernels: calling them raises), so `import torchvision`
+works."""
+
+import sys
+
+SCHEMAS = {schemas!r}
+
+
+class _TorchvisionSchemas:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            sys.meta_path.remove(self)
+            import torch
+
+            global _LIBRARY
+            _LIBRARY = torch.library.Library("torchvision", "DEF")
+            for schema in SCHEMAS:
+                _LIBRARY.define(schema)
+        return None  # the regular finders import it
+
+
+sys.meta_path.insert(0, _TorchvisionSchemas())
+'''
+
+
+def _imports(py: Path, module: str) -> tuple[bool, str]:
+    """Whether `import module` works in the venv of `py`, and the last line of its error."""
+    proc = subprocess.run([str(py), "-c", f"import {module}"], text=True, capture_output=True)
+    return proc.returncode == 0, (proc.stderr.strip().splitlines() or [""])[-1]
+
+
+def install_workarounds(py: Path) -> list[str]:
+    """Make torchvision and torchaudio importable in the venv of `py`, each only if it needs it; one line per fix."""
+    site, done = common.site_packages(py), []
+    hook = site / "sitecustomize.py"
+    hook.unlink(missing_ok=True)  # decide afresh: a torchvision that imports by itself gets no hook
+    ok, error = _imports(py, "torchvision")
+    if not ok:
+        hook.write_text(SITECUSTOMIZE.format(schemas=TORCHVISION_OPS))
+        ok, still = _imports(py, "torchvision")
+        if not ok:
+            raise SystemExit(f"[hosts] torchvision does not import ({error}), nor with its operator schemas defined "
+                             f"({still})")
+        done.append(f"torchvision: operator schemas defined by sitecustomize.py (it failed with: {error})")
+    lib = site / "torchaudio" / "lib"
+    ok, error = _imports(py, "torchaudio")
+    if not ok and list(lib.glob("*.so")):
+        for path in lib.glob("*.so"):  # torchaudio loads lib/<name>*.so when present and runs without them
+            path.rename(path.with_name(path.name + ".unloadable"))
+        done.append(f"torchaudio: C++ libraries set aside (*.so.unloadable), it imports as pure Python (it "
+                    f"failed with: {error})")
+        ok, error = _imports(py, "torchaudio")
+    if not ok:
+        raise SystemExit(f"[hosts] torchaudio does not import: {error}")
+    return done
+
+
+def build(spec: HostSpec, dest: Path, mirrors: Path | None) -> None:
+    """Build `spec` into `dest` (idempotent) and write `dest/host.json`."""
+    tree = dest / "ComfyUI"
+    commit = common.checkout(spec.sources[0], tree, mirrors)
+    py = common.make_venv(dest / "venv")
+    constraints = common.constraints_file(dest / "venv")
+    common.log(f"{spec.name}: installing {tree / 'requirements.txt'} (+ requests)")
+    common.pip_install(py, ["-r", str(tree / "requirements.txt"), "requests"], constraints)
+    for line in install_workarounds(py):
+        common.log(f"{spec.name}: {line}")
+    common.log(f"{spec.name}: start-up check (main.py --quick-test-for-ci --cpu)")
+    common.run([str(py), "main.py", "--quick-test-for-ci", "--cpu", "--disable-api-nodes",
+                "--database-url", "sqlite:///:memory:"], cwd=tree)
+    record = common.write_record(spec, dest, {"": commit}, {"COMFYUI_PATH": str(tree), "COMFYUI_PYTHON": str(py)})
+    common.log(f"{spec.name}: built at {commit[:10]}: {record}")
