@@ -15,11 +15,11 @@ def _inside_comfyui() -> bool:
 
 
 if _inside_comfyui():
-    from .nodes import (NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, register_routes, register_stock_entries,
-                        warn_misplaced_unets)
+    from .nodes import (NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, log_start, register_routes,
+                        register_stock_entries, warn_misplaced_unets)
 
-    register_stock_entries()  # sampler and scheduler "dmd2" in the stock KSampler dropdowns
+    log_start(register_stock_entries(),  # sampler and scheduler "dmd2" in the stock KSampler dropdowns
+              register_routes())  # /dmd2/live/* for the live panel; one line: the path taken in this ComfyUI
     warn_misplaced_unets()  # a DMD2 UNet in models/checkpoints: say so now, not as a KeyError at run time
-    register_routes()  # /dmd2/live/* for the live panel
     WEB_DIRECTORY = "./web"  # served at /extensions/<this folder>/: the live panel (web/dmd2_live.js)
     __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

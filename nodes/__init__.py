@@ -4,6 +4,7 @@ Classic node API (NODE_CLASS_MAPPINGS): it runs on every ComfyUI release our use
 the contract saved workflows depend on; see docs/comfyui.md for why not V3 (yet).
 """
 
+from .capabilities import log_start
 from .live import DMD2LiveSession, register_routes
 from .loaders import DMD2LoraLoader, DMD2UNetLoader, warn_misplaced_unets
 from .register import register_stock_entries
@@ -26,5 +27,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict = {
     "DMD2LiveSession": "DMD2 Live Session",
 }
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "register_routes", "register_stock_entries",
-           "warn_misplaced_unets"]
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "log_start", "register_routes",
+           "register_stock_entries", "warn_misplaced_unets"]

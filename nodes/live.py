@@ -203,15 +203,15 @@ def _ms(timings: FrameTimings) -> dict[str, float]:
     return {name: round(seconds * 1000, 2) for name, seconds in timings.stages.items()}
 
 
-def register_routes() -> None:
-    """POST /dmd2/live/frame and GET /dmd2/live/status on ComfyUI's server; gate the prompt worker on frames."""
+def register_routes() -> bool:
+    """POST /dmd2/live/frame and GET /dmd2/live/status on ComfyUI's server; gate the prompt worker on frames.
+    Returns whether the gate is in (False: ComfyUI's prompt queue changed; frames still wait for an idle queue, but
+    a prompt queued during a frame may run next to it; the start line says so)."""
     from aiohttp import web
 
     routes = host.server_routes()
     LIVE.busy = host.queue_busy
-    if not host.install_queue_gate(LIVE.lock):
-        log.warning("[DMD2] live: ComfyUI's prompt queue changed (no get / get_tasks_remaining); live frames still "
-                    "wait for an idle queue, but a prompt queued during a frame may run next to it")
+    gated = host.install_queue_gate(LIVE.lock)
 
     @routes.post("/dmd2/live/frame")
     async def frame(request: Any) -> Any:
@@ -240,3 +240,5 @@ def register_routes() -> None:
         session = LIVE.session
         return web.json_response({"ready": session is not None, "queue_busy": LIVE.busy(),
                                   **(session.describe() if session else {})})
+
+    return gated

@@ -4,18 +4,17 @@ ComfyUI has no registration API for samplers and schedulers: the dropdowns are m
 SAMPLER_NAMES, which is KSampler.SAMPLERS; SCHEDULER_NAMES, which is KSampler.SCHEDULERS) plus SCHEDULER_HANDLERS,
 and `ksampler(name)` looks up `sample_<name>` in comfy.k_diffusion.sampling. Packs that mutate these blindly break
 silently when ComfyUI renames them (unknown names fall back to the first entry), so we check every piece first and,
-if one is missing or has changed shape, log one line and leave the stock lists alone. Registering twice does nothing.
+if one is missing or has changed shape, leave the stock lists alone and say why (in the pack's start line,
+`capabilities.py`, which also reads the stock dropdowns back). Registering twice does nothing.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from .sampling import sample_dmd2, scheduler_sigmas
 
 NAME = "dmd2"
-log = logging.getLogger("dmd2")
 
 
 def _internals() -> tuple[dict[str, Any] | None, str]:
@@ -44,13 +43,12 @@ def _internals() -> tuple[dict[str, Any] | None, str]:
     return found, ""
 
 
-def register_stock_entries() -> bool:
-    """Add `dmd2` to the stock sampler and scheduler lists. True if they hold it afterwards, False if skipped."""
+def register_stock_entries() -> str | None:
+    """Add `dmd2` to the stock sampler and scheduler lists. None if they hold it afterwards, else why they were left
+    alone (`capabilities.log_start` says so in the start line)."""
     found, missing = _internals()
     if found is None:
-        log.warning("[DMD2] this ComfyUI's sampler internals changed (%s): sampler/scheduler 'dmd2' were NOT added "
-                    "to the stock KSampler lists; use the DMD2 nodes instead (they do not need them)", missing)
-        return False
+        return missing
     setattr(found["k_sampling"], "sample_" + NAME, sample_dmd2)  # what ksampler("dmd2") looks up
     if NAME not in found["SCHEDULER_HANDLERS"]:
         found["SCHEDULER_HANDLERS"][NAME] = found["SchedulerHandler"](scheduler_sigmas, use_ms=True)
@@ -60,4 +58,4 @@ def register_stock_entries() -> bool:
         if id(names) not in seen and NAME not in names:  # KSampler.SAMPLERS is SAMPLER_NAMES: append once
             names.append(NAME)
         seen.add(id(names))
-    return True
+    return None

@@ -1,7 +1,7 @@
 """The DMD2 sampler function and schedules as ComfyUI calls them (stock dropdowns and the DMD2 nodes alike).
 
-No math here: plans and the sampler are the core's (`sampler/`). This module only decides, from what ComfyUI
-hands over, where the run starts, which trained timesteps to plan with and which seeded noise re-noises.
+No math here: plans, the sampler and the seeded noise are the core's (`sampler/`). This module only decides, from what
+ComfyUI hands over, where the run starts, which trained timesteps to plan with and how the re-noise stream is seeded.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from typing import Any
 
 import torch
 
+from ..sampler.noise import SeededNoise, renoise_seeds
 from ..sampler.plans import spread, timesteps_for
 from ..sampler.sampling import sample_dmd2 as core_sample_dmd2
 from ..sampler.schedule import sigmas_for_timesteps
-from . import host, tags
+from . import tags
 
 log = logging.getLogger("dmd2")
 _warned: set[str] = set()
-_SEED_MASK = (1 << 64) - 1
 
 
 def warn_once(key: str, message: str) -> None:
@@ -51,10 +51,18 @@ def node_sigmas(model: Any, steps: int, denoise: float) -> torch.Tensor:
     return plan_sigmas(model.get_model_object("model_sampling"), timesteps_for(steps, trained, denoise))
 
 
-def renoise_seed(seed: int | None) -> int | None:
-    """Seed of the re-noise stream: the run's seed + 1, so the first re-noise is not the starting noise again
-    (ComfyUI's starting noise and its seeded noise sampler would otherwise draw the same numbers)."""
-    return None if seed is None else (int(seed) + 1) & _SEED_MASK
+def renoise(model: Any, x: torch.Tensor, seed: int | None) -> SeededNoise:
+    """The pack's own re-noise stream: per batch item a CPU generator seeded from the run's seed and that item's
+    starting noise (`renoise_seeds`), drawn in float32 and then moved to x's device and dtype, as ComfyUI draws its
+    starting noise. So an image depends on its seed (and batch index, through its starting noise) alone: not on the
+    ComfyUI version (whose `default_noise_sampler` changed its seeding in v0.7.0) nor on CPU vs GPU, and an item
+    taken out of a batch (LatentFromBatch) re-noises as it did in the batch, on every sampler path."""
+    start = getattr(model, "noise", None)
+    if start is None or start.shape != x.shape:
+        start = None
+    if seed is None:  # no seed given (never the case from ComfyUI's samplers): a fresh stream
+        seed = int(torch.randint(0, 2**62, (), device="cpu"))
+    return SeededNoise(renoise_seeds(seed, start, x.shape[0]), x.shape[1:], device=x.device, dtype=x.dtype)
 
 
 def _model_sampling(model: Any) -> Any:
@@ -84,7 +92,13 @@ def _start(model: Any, x: torch.Tensor, sigmas: torch.Tensor) -> tuple[torch.Ten
     img2img keeps ComfyUI's start: the init latent forward-noised to sigma_0.
     """
     noise, latent = getattr(model, "noise", None), getattr(model, "latent_image", None)
-    if noise is None or latent is None or noise.shape != x.shape or torch.count_nonzero(latent) > 0:
+    if noise is None or latent is None:
+        warn_once("no-raw-noise", "this ComfyUI's sampler wrapper no longer carries the raw noise and latent "
+                  "(KSamplerX0Inpaint.noise / .latent_image): the first step keeps ComfyUI's scaling, which gives the "
+                  "UNet unit-variance noise only when the first timestep is 999, and re-noise is seeded by batch "
+                  "position. Please report this ComfyUI version.")
+        return x, False
+    if noise.shape != x.shape or torch.count_nonzero(latent) > 0:
         return x, False
     return noise.to(x) * sigmas[0].to(x), True
 
@@ -94,13 +108,14 @@ def sample_dmd2(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: d
                 callback: Any = None, disable: bool | None = None, noise_sampler: Any = None) -> torch.Tensor:
     """DMD2 sampling in ComfyUI (k-diffusion signature): the stock `dmd2` sampler and the DMD2 Sampler node.
 
-    Runs the core `sample_dmd2` from the right start (`_start`), re-noising with ComfyUI's seeded noise sampler so a
-    seed reproduces its image. The callback drives previews, the progress bar and interruption between steps.
+    Runs the core `sample_dmd2` from the right start (`_start`), re-noising with the pack's own seeded stream
+    (`renoise`) so a seed reproduces its image. The callback drives previews, the progress bar and interruption
+    between steps.
     """
     extra_args = {} if extra_args is None else extra_args
     _check_run(model, extra_args)
     start, pure_noise = _start(model, x, sigmas)
     if noise_sampler is None:
-        noise_sampler = host.noise_sampler(x, renoise_seed(extra_args.get("seed")))
+        noise_sampler = renoise(model, x, extra_args.get("seed"))
     return core_sample_dmd2(model, start, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                             noise_sampler=noise_sampler, pure_noise=pure_noise)

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from sampler.errors import BaseMismatchError, WrongKindError
+from sampler.noise import SeededNoise, renoise_seeds
 from sampler.schedule import sigma_to_timestep, training_sigmas
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,15 +187,9 @@ class FakeX0Model:
         return torch.zeros_like(x)
 
 
-def _seeded(monkeypatch):
-    monkeypatch.setattr(host, "noise_sampler", lambda x, seed: (lambda s, n: torch.randn(
-        x.shape, generator=torch.Generator().manual_seed(seed))))
-
-
 @pytest.mark.parametrize("max_denoise", [True, False])
 @pytest.mark.parametrize("timesteps", [(399,), (999, 749, 499, 249)])
-def test_txt2img_first_step_sees_unit_noise_whatever_comfyui_scaled(monkeypatch, max_denoise, timesteps):
-    _seeded(monkeypatch)
+def test_txt2img_first_step_sees_unit_noise_whatever_comfyui_scaled(max_denoise, timesteps):
     sigmas = sampling.plan_sigmas(FakeSampling(), timesteps)
     noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     s0 = float(sigmas[0])
@@ -204,13 +199,13 @@ def test_txt2img_first_step_sees_unit_noise_whatever_comfyui_scaled(monkeypatch,
     first, sigma = model.inputs[0]
     assert torch.allclose(first / math.sqrt(1 + sigma * sigma), noise, atol=1e-5)  # the UNet's input
     assert len(model.inputs) == len(timesteps)
-    if len(timesteps) > 1:  # re-noise: x0 (0 here) + sigma_1 * noise of seed + 1, not the starting noise
-        renoise = torch.randn(noise.shape, generator=torch.Generator().manual_seed(6))
+    if len(timesteps) > 1:  # re-noise: x0 (0 here) + sigma_1 * the pack's stream, not the starting noise
+        renoise = SeededNoise(renoise_seeds(5, noise, 2), noise.shape[1:]).draw()
         assert torch.allclose(model.inputs[1][0], renoise * sigmas[1])
+        assert not torch.allclose(renoise, noise, atol=0.5)
 
 
-def test_img2img_keeps_comfyui_start(monkeypatch):
-    _seeded(monkeypatch)
+def test_img2img_keeps_comfyui_start():
     sigmas = sampling.plan_sigmas(FakeSampling(), (499, 249))
     noise, latent = torch.randn(1, 4, 8, 8), torch.ones(1, 4, 8, 8)
     x = latent + noise * sigmas[0]
@@ -219,8 +214,7 @@ def test_img2img_keeps_comfyui_start(monkeypatch):
     assert torch.equal(model.inputs[0][0], x)
 
 
-def test_callback_every_step(monkeypatch):
-    _seeded(monkeypatch)
+def test_callback_every_step():
     steps = []
     sigmas = sampling.plan_sigmas(FakeSampling(), (999, 749, 499, 249))
     noise = torch.randn(1, 4, 8, 8)
@@ -229,8 +223,56 @@ def test_callback_every_step(monkeypatch):
     assert steps == [0, 1, 2, 3]
 
 
+def _renoise_inputs(noise: torch.Tensor, x: torch.Tensor, seed: int, latent: torch.Tensor | None = None) -> list:
+    """The UNet inputs of a 4-step run whose x0 predictions are 0: after the first, pure re-noise * sigma."""
+    sigmas = sampling.plan_sigmas(FakeSampling(), (999, 749, 499, 249))
+    model = FakeX0Model(noise, torch.zeros_like(noise) if latent is None else latent)
+    sampling.sample_dmd2(model, x * sigmas[0] if latent is None else x, sigmas, {"seed": seed}, disable=True)
+    return [inputs for inputs, _ in model.inputs]
+
+
+def test_renoise_follows_each_items_starting_noise():
+    """ComfyUI gives an item taken out of a batch (LatentFromBatch) the starting noise it had in the batch; its
+    re-noise follows, on any sampler path, so the item alone is the batch's item. Items and seeds differ."""
+    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    batch = _renoise_inputs(noise, noise, seed=7)
+    alone = _renoise_inputs(noise[2:], noise[2:], seed=7)
+    assert len(batch) == len(alone) == 4
+    for in_batch, by_itself in zip(batch, alone):
+        assert torch.equal(in_batch[2:], by_itself)
+    assert not torch.allclose(batch[1][0], batch[1][1], atol=0.5)
+    assert not torch.allclose(_renoise_inputs(noise, noise, seed=8)[1], batch[1], atol=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(_renoise_inputs(noise, noise, seed=7), batch))
+
+
+def test_renoise_without_starting_noise_is_seeded_per_position():
+    """Noise disabled (KSamplerAdvanced add_noise off, DisableNoise): ComfyUI's noise is zeros; items still get
+    distinct, seeded streams."""
+    latent = torch.ones(2, 4, 8, 8)
+    sigmas = sampling.plan_sigmas(FakeSampling(), (499, 249))
+    runs = []
+    for seed in (3, 3, 4):
+        model = FakeX0Model(torch.zeros_like(latent), latent)
+        sampling.sample_dmd2(model, latent.clone(), sigmas, {"seed": seed}, disable=True)
+        runs.append(model.inputs[1][0])
+    assert torch.equal(runs[0], runs[1]) and not torch.allclose(runs[0], runs[2], atol=0.5)
+    assert not torch.allclose(runs[0][0], runs[0][1], atol=0.5)
+
+
+def test_renoise_is_drawn_on_the_cpu_then_moved():
+    """The stream never draws on x's device: CPU generators, float32, then moved (here to the meta device, which has
+    no values; on CUDA, tests/test_noise.py compares the values)."""
+    noise = torch.randn(2, 4, 8, 8)
+    model = FakeX0Model(noise, torch.zeros_like(noise))
+    stream = sampling.renoise(model, noise.to("meta", torch.float16), 5)
+    assert all(g.device.type == "cpu" for g in stream.generators)
+    drawn = stream(None, None)
+    assert drawn.device.type == "meta" and drawn.dtype == torch.float16 and drawn.shape == noise.shape
+    on_cpu = sampling.renoise(model, noise, 5)(None, None)
+    assert torch.equal(on_cpu, SeededNoise(renoise_seeds(5, noise, 2), noise.shape[1:]).draw())
+
+
 def test_warns_once_untagged_and_cfg(monkeypatch, caplog):
-    _seeded(monkeypatch)
     sigmas = sampling.plan_sigmas(FakeSampling(), (999,))
     noise = torch.randn(1, 4, 8, 8)
     with caplog.at_level(logging.WARNING, logger="dmd2"):
@@ -279,7 +321,7 @@ def _fake_comfy(monkeypatch, *, complete=True):
 
 def test_registration_adds_once(monkeypatch):
     samplers, k_sampling = _fake_comfy(monkeypatch)
-    assert register.register_stock_entries() and register.register_stock_entries()
+    assert register.register_stock_entries() is None and register.register_stock_entries() is None
     assert samplers.KSAMPLER_NAMES == ["euler", "lcm", "dmd2"]
     assert samplers.SAMPLER_NAMES == ["euler", "lcm", "ddim", "dmd2"] and samplers.KSampler.SAMPLERS.count("dmd2") == 1
     assert samplers.SCHEDULER_NAMES == ["simple", "dmd2"] and samplers.KSampler.SCHEDULERS is samplers.SCHEDULER_NAMES
@@ -287,11 +329,9 @@ def test_registration_adds_once(monkeypatch):
     assert k_sampling.sample_dmd2 is sampling.sample_dmd2
 
 
-def test_registration_refuses_changed_internals(monkeypatch, caplog):
+def test_registration_refuses_changed_internals(monkeypatch):
     samplers, k_sampling = _fake_comfy(monkeypatch, complete=False)
-    with caplog.at_level(logging.WARNING, logger="dmd2"):
-        assert register.register_stock_entries() is False
-    assert len(caplog.records) == 1 and "SCHEDULER_HANDLERS" in caplog.records[0].getMessage()
+    assert "SCHEDULER_HANDLERS" in register.register_stock_entries()
     assert "dmd2" not in samplers.SAMPLER_NAMES + samplers.SCHEDULER_NAMES and not hasattr(k_sampling, "sample_dmd2")
 
 
@@ -350,3 +390,54 @@ def test_misplaced_unet_in_checkpoints_is_reported(monkeypatch, tmp_path, caplog
     with caplog.at_level(logging.WARNING, logger="dmd2"):
         assert nodes.warn_misplaced_unets() == [unet.name]
     assert len(caplog.records) == 1 and "models/diffusion_models" in caplog.records[0].getMessage()
+
+
+capabilities = importlib.import_module(PACK + ".nodes.capabilities")
+
+
+class ClassicSelect:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"sampler_name": (["euler", "dmd2"],)}}
+
+
+class V3Scheduler:
+    """Shaped like a comfy_api io.ComfyNode: define_schema, and INPUT_TYPES giving V3 combos."""
+
+    @classmethod
+    def define_schema(cls):
+        return None
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL", {}), "scheduler": ("COMBO", {"options": ["simple", "dmd2"]})}}
+
+
+class Broken:
+    @classmethod
+    def INPUT_TYPES(cls):
+        raise KeyError("changed")
+
+
+def test_combo_options_classic_and_v3():
+    assert capabilities.combo_options((["a", "b"], {"default": "a"})) == ["a", "b"]
+    assert capabilities.combo_options(["COMBO", {"options": ["x"]}]) == ["x"]
+    assert capabilities.combo_options(("INT", {"default": 1})) is None and capabilities.combo_options(None) is None
+
+
+def test_dropdowns_read_back_and_start_line():
+    classes = {"KSampler": ClassicSelect, "KSamplerSelect": ClassicSelect, "BasicScheduler": V3Scheduler}
+    status = capabilities.dropdowns_with(classes, "dmd2")
+    assert status == {"KSampler": "no dmd2 in scheduler", "KSamplerAdvanced": "absent", "KSamplerSelect": "classic",
+                      "BasicScheduler": "V3"}
+    level, line = capabilities.start_line("0.33.0", "1.48.7", None, status, True)
+    assert level == logging.WARNING
+    assert ("ComfyUI 0.33.0, frontend 1.48.7: stock dropdowns patched (KSamplerSelect, BasicScheduler (V3)), "
+            "NOT shown in KSampler: no dmd2 in scheduler; KSamplerAdvanced: absent; re-noise: pack-owned CPU "
+            "stream") in line
+    all_shown = {"KSampler": "classic", "KSamplerAdvanced": "classic", "KSamplerSelect": "V3", "BasicScheduler": "V3"}
+    assert capabilities.start_line("0.3.64", None, None, all_shown, True)[0] == logging.INFO
+    level, line = capabilities.start_line(None, None, "comfy.samplers has no usable SCHEDULER_HANDLERS", {}, False)
+    assert level == logging.WARNING and "NOT patched (comfy.samplers has no usable SCHEDULER_HANDLERS)" in line
+    assert "version unknown" in line and "queue NOT gated" in line
+    assert capabilities.dropdowns_with({"KSamplerSelect": Broken}, "dmd2")["KSamplerSelect"].startswith("unreadable")

@@ -1,4 +1,4 @@
-// DMD2 Live panel (ComfyUI frontend 1.27+): edit prompt / seed / strength, the image follows while you type.
+// DMD2 Live panel (ComfyUI frontend 1.27 to 1.48+): edit prompt / seed / strength, the image follows while you type.
 // Talks to the pack's routes: POST /dmd2/live/frame -> image + X-DMD2-Timings, GET /dmd2/live/status.
 // Queue a workflow with a "DMD2 Live Session" node once so the server knows which model to use.
 import { app } from "../../scripts/app.js";
@@ -95,17 +95,30 @@ function floatingPanel() {
   buildPanel(box);
 }
 
+// The sidebar API of this frontend: `extensionManager.sidebarTab.registerSidebarTab` (current), else the deprecated
+// `extensionManager.registerSidebarTab` (older frontends), else none (a floating panel instead).
+function sidebarRegistrar(manager) {
+  if (typeof manager?.sidebarTab?.registerSidebarTab === "function") {
+    return ["sidebarTab.registerSidebarTab", (tab) => manager.sidebarTab.registerSidebarTab(tab)];
+  }
+  if (typeof manager?.registerSidebarTab === "function") {
+    return ["registerSidebarTab (deprecated API)", (tab) => manager.registerSidebarTab(tab)];
+  }
+  return ["none: floating panel", null];
+}
+
 app.registerExtension({
   name: "dmd2.live",
   async setup() {
-    const manager = app.extensionManager;
-    if (manager && typeof manager.registerSidebarTab === "function") {
-      manager.registerSidebarTab({
+    const [how, register] = sidebarRegistrar(app.extensionManager);
+    if (register) {
+      register({
         id: "dmd2-live", icon: "pi pi-bolt", title: "DMD2 Live", tooltip: "DMD2 Live: the image follows your prompt",
         type: "custom", render: (container) => { if (!container.querySelector("#dmd2-live-panel")) buildPanel(container); },
       });
     } else {
-      floatingPanel();  // older frontends without sidebar tabs
+      floatingPanel();
     }
+    console.info(`[DMD2] live panel: ${how}`);
   },
 });

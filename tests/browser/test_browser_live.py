@@ -55,7 +55,8 @@ def with_random_models(api: dict) -> dict:
     return api
 
 
-SEARCH_BOX = "!!document.querySelector('.comfy-vue-node-search-container input, input.p-autocomplete-input')"
+SEARCH_BOX = ("!!document.querySelector('.comfy-vue-node-search-container input, input.p-autocomplete-input, "
+              "[role=search] input')")  # frontend 1.27 search box; 1.48's new search dialog (role=search)
 
 
 def open_node_search(browser, tries: int = 4) -> None:

@@ -6,10 +6,13 @@ COMFYUI_PYTHON defaults to the python running pytest. Without COMFYUI_PATH every
 reason. The server gets a throw-away --base-directory (custom_nodes: this pack + the test probe pack; models:
 random-weight SD1.5 files from random_models.py, cached in $DMD2_E2E_CACHE or ~/.cache/dmd2-e2e), a free port on
 127.0.0.1 and an in-memory database, so nothing is written to the ComfyUI checkout's models or user folders.
+With DMD2_HOSTS set (the folder `python -m tests.hosts build` fills; the matrix sets it), the cross-version test
+also starts every other ComfyUI host built there and compares its images with this one's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -20,6 +23,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -107,9 +111,10 @@ def models() -> dict[str, Path]:
     return random_models.build()
 
 
-@pytest.fixture(scope="session")
-def server(comfyui_path, models, tmp_path_factory) -> Server:
-    base = tmp_path_factory.mktemp("comfyui-base")
+@contextlib.contextmanager
+def running_comfyui(comfyui_path: Path, python: str, models: dict[str, Path], base: Path) -> Iterator[Server]:
+    """A ComfyUI from `comfyui_path` run by `python`, with the pack, the probe pack and the random models in the
+    throw-away `base` directory, on a free port; stopped on exit."""
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO, target_is_directory=True)
     (base / "custom_nodes" / "dmd2_test_probe").symlink_to(HERE / "dmd2_test_probe", target_is_directory=True)
@@ -118,7 +123,6 @@ def server(comfyui_path, models, tmp_path_factory) -> Server:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(path)
     port = _free_port()
-    python = os.environ.get("COMFYUI_PYTHON") or sys.executable
     log = base / "comfyui.log"
     cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base),
            "--database-url", "sqlite:///:memory:", "--disable-api-nodes", "--preview-method", "latent2rgb"]
@@ -146,3 +150,34 @@ def server(comfyui_path, models, tmp_path_factory) -> Server:
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def comfyui_python() -> str:
+    return os.environ.get("COMFYUI_PYTHON") or sys.executable
+
+
+@pytest.fixture(scope="session")
+def server(comfyui_path, models, tmp_path_factory) -> Iterator[Server]:
+    with running_comfyui(comfyui_path, comfyui_python(), models, tmp_path_factory.mktemp("comfyui-base")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def start_comfyui(models, tmp_path_factory):
+    """`start_comfyui(path, python)`: a context manager running another ComfyUI set up like `server`."""
+    return lambda path, python: running_comfyui(Path(path), python, models, tmp_path_factory.mktemp("comfyui-base"))
+
+
+@pytest.fixture(scope="session")
+def other_comfyui_hosts(comfyui_path) -> list[dict]:
+    """The ComfyUI test hosts built in $DMD2_HOSTS (`python -m tests.hosts build`, one host.json each) other than
+    the one under test: {"label", "path", "python", "commit"}."""
+    root = os.environ.get("DMD2_HOSTS")
+    hosts = []
+    for record in sorted(Path(root).glob("*/host.json")) if root else []:
+        data = json.loads(record.read_text())
+        path = Path(data.get("env", {}).get("COMFYUI_PATH", ""))
+        if data.get("family") == "comfyui" and path.is_dir() and path.resolve() != comfyui_path.resolve():
+            hosts.append({"label": data["label"], "path": path, "python": data["env"]["COMFYUI_PYTHON"],
+                          "commit": data["commits"].get("", "?")[:10]})
+    return hosts

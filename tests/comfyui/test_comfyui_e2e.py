@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+REPO = Path(__file__).resolve().parents[2]
 NODES = ["DMD2UNetLoader", "DMD2LoraLoader", "DMD2Scheduler", "DMD2Sampler", "DMD2KSampler"]
 SEED = 1234
 _runs = itertools.count()
@@ -49,12 +53,19 @@ class Graph:
                         latent_image=latent or ["empty", 0], seed=SEED, steps=steps, cfg=cfg, sampler_name="dmd2",
                         scheduler="dmd2", denoise=denoise)
 
-    def custom_sampler(self, steps: int) -> list:
+    def custom_sampler(self, steps: int, latent=None) -> list:
         sigmas = self.add("sigmas", "DMD2Scheduler", model=["model", 0], steps=steps, denoise=1.0)
         sampler = self.add("sampler", "DMD2Sampler")
         return self.add("sample", "SamplerCustom", model=["model", 0], add_noise=True, noise_seed=SEED, cfg=1.0,
                         positive=["pos", 0], negative=["neg", 0], sampler=sampler, sigmas=sigmas,
-                        latent_image=["empty", 0])
+                        latent_image=latent or ["empty", 0])
+
+    def path(self, name: str, steps: int, latent=None) -> list:
+        """The sampler output of one of the three DMD2 paths ("dmd2_ksampler", "stock_ksampler", "custom_sampler")
+        with `steps` steps at denoise 1, on the empty latent or `latent`."""
+        if name == "dmd2_ksampler":
+            return self.dmd2_ksampler(steps=steps, latent=latent)
+        return getattr(self, name)(steps, latent=latent)
 
     def save(self, latent: list, name: str = "out") -> Path:
         path = self.dir / f"{name}.safetensors"
@@ -105,18 +116,35 @@ def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * scale), float((a - b).abs().max())
 
 
+PATHS = ["dmd2_ksampler", "stock_ksampler", "custom_sampler"]
+STOCK_DROPDOWNS = {"KSampler": ("sampler_name", "scheduler"), "KSamplerAdvanced": ("sampler_name", "scheduler"),
+                   "KSamplerSelect": ("sampler_name",), "BasicScheduler": ("scheduler",)}
+
+
+def choices(spec: list) -> list | None:
+    """A combo input's choices from /object_info: classic `[[...], {...}]`, or V3 `["COMBO", {"options": [...]}]`
+    (KSamplerSelect and BasicScheduler are V3 nodes in ComfyUI v0.33); None for other inputs."""
+    if isinstance(spec[0], list):
+        return spec[0]
+    if spec[0] == "COMBO":
+        return spec[1]["options"]
+    return None
+
+
+def is_v3_combo(spec: list) -> bool:
+    return spec[0] == "COMBO"
+
+
 def test_nodes_and_stock_dropdowns_listed(server):
     info = server.get("/object_info")
     for node in NODES:
         assert node in info, node
         assert info[node]["description"], node
         assert info[node]["category"] in ("loaders/DMD2", "sampling/DMD2")
-    for node in ("KSampler", "KSamplerAdvanced"):
+    for node, inputs in STOCK_DROPDOWNS.items():
         required = info[node]["input"]["required"]
-        assert required["sampler_name"][0].count("dmd2") == 1, node
-        assert required["scheduler"][0].count("dmd2") == 1, node
-    assert info["KSamplerSelect"]["input"]["required"]["sampler_name"][0].count("dmd2") == 1
-    assert info["BasicScheduler"]["input"]["required"]["scheduler"][0].count("dmd2") == 1
+        for name in inputs:
+            assert choices(required[name]).count("dmd2") == 1, (node, name, required[name])
     ksampler = info["DMD2KSampler"]["input"]
     assert "cfg" not in ksampler["required"] and set(ksampler["optional"]) == {"negative", "cfg"}
     assert any(v.startswith("catalog: dmd2-sdxl-4step-unet") for v in
@@ -140,10 +168,10 @@ def test_4step_txt2img_matches_core_and_reproduces(server):
     assert [p["value"] for p in steps] == [1, 2, 3, 4] and all(p["preview"] for p in steps)
 
 
-@pytest.mark.parametrize("path", ["dmd2_ksampler", "stock_ksampler", "custom_sampler"])
+@pytest.mark.parametrize("path", PATHS)
 def test_1step_399_unit_variance_on_every_path(server, path):
     g = Graph(server, plan="sdxl_1step")
-    out = g.save(getattr(g, path)(1) if path != "dmd2_ksampler" else g.dmd2_ksampler(steps=1))
+    out = g.save(g.path(path, 1))
     ref = g.reference("399")
     server.run(g.nodes)
     assert g.timesteps() == [399]
@@ -155,9 +183,9 @@ def test_1step_399_unit_variance_on_every_path(server, path):
 
 def test_stock_ksampler_and_custom_sampler_match_dmd2_ksampler(server):
     outs = []
-    for path in ("dmd2_ksampler", "stock_ksampler", "custom_sampler"):
+    for path in PATHS:
         g = Graph(server)
-        outs.append(g.save(getattr(g, path)(4) if path != "dmd2_ksampler" else g.dmd2_ksampler(steps=4)))
+        outs.append(g.save(g.path(path, 4)))
         server.run(g.nodes)
         assert g.timesteps() == [999, 749, 499, 249], path
     for other in outs[1:]:
@@ -226,7 +254,7 @@ WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 def test_example_workflows_match_this_comfyui(server, name):
     """Every node of the example exists here, with as many widget values as it has widgets and valid choices."""
     assert name in server.get("/workflow_templates")["comfyui-dmd2"]
-    workflow = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" / f"{name}.json").read_text())
+    workflow = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
     info = server.get("/object_info")
     for node in workflow["nodes"]:
         spec = info[node["type"]]["input"]
@@ -234,14 +262,14 @@ def test_example_workflows_match_this_comfyui(server, name):
         for group in ("required", "optional"):
             for input_name, (kind, *options) in spec.get(group, {}).items():
                 if isinstance(kind, list) or kind in WIDGET_TYPES:
-                    widgets.append((input_name, kind))
+                    widgets.append((input_name, choices([kind, *options])))
                     if options and options[0].get("control_after_generate"):
                         widgets.append(("control_after_generate", ["fixed", "increment", "decrement", "randomize"]))
         values = node["widgets_values"]
         assert len(values) == len(widgets), (node["type"], values, widgets)
-        for (input_name, kind), value in zip(widgets, values):
-            if isinstance(kind, list) and input_name not in ("ckpt_name",):
-                assert value in kind, (node["type"], input_name, value)
+        for (input_name, options), value in zip(widgets, values):
+            if options is not None and input_name not in ("ckpt_name",):
+                assert value in options, (node["type"], input_name, value)
 
 
 SD15_LORA = "e2e_sd15_dmd2_lora.safetensors"
@@ -318,3 +346,104 @@ def test_unet_loader_weight_dtype_runs_to_an_image(server, weight_dtype):
         server.run(default.nodes)
         assert default.model_info()["dtype"] != DTYPES["fp16"]
         assert_close(latent(out), latent(ref))
+
+
+#: DMD2's timesteps for 1, 2 and 4 steps of the 4-step plan (the untagged default). 4 steps on every path are
+#: checked by test_stock_ksampler_and_custom_sampler_match_dmd2_ksampler, 1 step (at 399) by
+#: test_1step_399_unit_variance_on_every_path.
+TRAINED = {1: [999], 2: [999, 499], 4: [999, 749, 499, 249]}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_2step_trained_timesteps_one_unet_call_per_step(server, path):
+    """2 steps: 999 and 499, one conditional UNet pass per step at CFG 1 (batch 2, no uncond pass), and the UNet's
+    first input is ComfyUI's unit-variance starting noise."""
+    g = Graph(server, batch=2)
+    g.save(g.path(path, 2))
+    server.run(g.nodes)
+    assert g.timesteps() == TRAINED[2]
+    assert [c["shape"][0] for c in g.calls()] == [2, 2]
+    assert torch.allclose(g.first_input(), start_noise(2), atol=1e-5)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_batch_item_is_the_item_alone(server, path):
+    """ComfyUI's batch convention: an item taken out of a batch (LatentFromBatch, batch_index) gets the starting noise
+    it had in the batch (prepare_noise(latent, seed, batch_index)); the pack's re-noise follows its starting noise,
+    so the whole image is the batch's item, on every path."""
+    batch = Graph(server, batch=3)
+    whole = batch.save(batch.path(path, 4))
+    server.run(batch.nodes)
+    alone = Graph(server, batch=3)
+    item = alone.add("item", "LatentFromBatch", samples=["empty", 0], batch_index=2, length=1)
+    one = alone.save(alone.path(path, 4, latent=item))
+    server.run(alone.nodes)
+    assert [c["shape"][0] for c in alone.calls()] == [1] * 4 and alone.timesteps() == TRAINED[4]
+    assert torch.allclose(alone.first_input(), start_noise(3)[2:], atol=1e-5)
+    assert_close(latent(one), latent(whole)[2:])
+    assert not torch.allclose(latent(whole)[1], latent(whole)[2], atol=1e-2)
+
+
+def test_same_seed_same_image_on_other_comfyui_versions(server, other_comfyui_hosts, start_comfyui):
+    """The same graph and seed give bit-identical latents (CPU) in every ComfyUI test host built in $DMD2_HOSTS: the
+    starting noise is ComfyUI's prepare_noise (unchanged across versions), the re-noise the pack's own stream (ComfyUI's
+    default_noise_sampler adds 1 to the seed on CPU since v0.7.0)."""
+    if not other_comfyui_hosts:
+        pytest.skip("no other ComfyUI host built in $DMD2_HOSTS to compare with (python -m tests.hosts build "
+                    "comfyui-0.3.64 comfyui-0.33.0, then set DMD2_HOSTS)")
+
+    def images(srv) -> dict[str, torch.Tensor]:
+        out = {}
+        for path in PATHS:
+            g = Graph(srv, batch=2)
+            saved = g.save(g.path(path, 4))
+            srv.run(g.nodes)
+            assert g.timesteps() == TRAINED[4], path
+            out[path] = latent(saved)
+        return out
+
+    here = images(server)
+    server.post("/free", {"unload_models": True, "free_memory": True})  # one loaded UNet at a time on this machine
+    for host in other_comfyui_hosts:
+        with start_comfyui(host["path"], host["python"]) as other:
+            there = images(other)
+        for path in PATHS:
+            diff = float((here[path] - there[path]).abs().max())
+            assert torch.equal(here[path], there[path]), f"{path}: differs from {host['label']} ({host['commit']}) " \
+                                                         f"by up to {diff}"
+
+
+def test_one_start_line_names_the_path_taken(server, comfyui_path):
+    python = os.environ.get("COMFYUI_PYTHON") or sys.executable
+    lines = [line for line in server.log.read_text(errors="replace").splitlines() if "[DMD2] ComfyUI " in line]
+    assert len(lines) == 1, lines
+    version = next(line.split('"')[1] for line in (comfyui_path / "comfyui_version.py").read_text().splitlines()
+                   if line.startswith("__version__"))
+    frontend = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version("
+                               "'comfyui-frontend-package'))"], capture_output=True, text=True, check=True).stdout
+    info = server.get("/object_info")
+    shown = ", ".join(node + (" (V3)" if is_v3_combo(info[node]["input"]["required"][inputs[0]]) else "")
+                      for node, inputs in STOCK_DROPDOWNS.items())
+    assert (f"ComfyUI {version}, frontend {frontend.strip()}: stock dropdowns patched ({shown}); re-noise: "
+            f"pack-owned CPU stream") in lines[0], lines[0]
+
+
+def test_install_py_and_manager_change_no_package_of_this_comfyui(comfyui_path):
+    """install.py (run with ComfyUI's Python) and ComfyUI-Manager's `pip install -r requirements.txt` leave every
+    package of the host's environment as it was."""
+    python = os.environ.get("COMFYUI_PYTHON")
+    if not python:
+        pytest.skip("install.py must run with the ComfyUI's own Python: set COMFYUI_PYTHON to its venv's python")
+
+    def freeze() -> str:
+        return subprocess.run([python, "-m", "pip", "freeze", "--all"], capture_output=True, text=True,
+                              check=True).stdout
+
+    before = freeze()
+    manager = subprocess.run([python, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-", "-r",
+                              str(REPO / "requirements.txt")], capture_output=True, text=True)
+    assert manager.returncode == 0, manager.stderr[-2000:]
+    assert [i["metadata"]["name"] for i in json.loads(manager.stdout)["install"]] == []
+    run = subprocess.run([python, str(REPO / "install.py")], cwd=comfyui_path, capture_output=True, text=True)
+    assert run.returncode == 0 and "nothing to install" in run.stdout, run.stdout + run.stderr
+    assert freeze() == before

@@ -6,7 +6,8 @@
   the UI's progress bar and step previews go through) to log (value, total, has_preview) next to the calls, and
   writes the MODEL it got (weight dtype, number of patched weights) to a .model.json file.
 - DMD2TestReference: the same run computed directly with the core `sample_dmd2` on BaseModel.apply_model, bypassing
-  ComfyUI's sampler machinery and our glue: the result the glue must reproduce.
+  ComfyUI's sampler machinery and our glue: the result the glue must reproduce (starting noise from ComfyUI's
+  prepare_noise, re-noise from the core's SeededNoise / renoise_seeds).
 - DMD2TestSaveLatent: writes a LATENT to a file the test reads back.
 """
 
@@ -102,13 +103,11 @@ class DMD2TestReference:
         cond = positive[0][0].repeat(latent.shape[0], 1, 1)
         empty = torch.count_nonzero(latent) == 0
         init = latent if empty else base.process_latent_in(latent)
-        generator = torch.Generator().manual_seed(seed + 1)
+        # the pack's re-noise convention (sampler/noise.py): per item, seeded from the seed and its starting noise
+        renoise = core.noise.SeededNoise(core.noise.renoise_seeds(seed, noise, latent.shape[0]), latent.shape[1:])
 
         def denoiser(x, sigma):
             return base.apply_model(x, sigma, c_crossattn=cond)
-
-        def renoise(sigma, sigma_next):
-            return torch.randn(latent.shape, generator=generator)
 
         start = noise * sigmas[0] + init
         out = core.sample_dmd2(denoiser, start, sigmas, noise_sampler=renoise, pure_noise=bool(empty), disable=True)
