@@ -272,6 +272,27 @@ def test_renoise_is_drawn_on_the_cpu_then_moved():
     assert torch.equal(on_cpu, SeededNoise(renoise_seeds(5, noise, 2), noise.shape[1:]).draw())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to compare with the CPU run")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_sampler_on_cuda_gives_the_cpu_run(dtype):
+    """The whole glue sampler with everything on CUDA (as ComfyUI puts noise, latent and x there): the same re-noise
+    stream bit for bit, so the UNet inputs equal the CPU run's up to the device's float arithmetic."""
+    sigmas = sampling.plan_sigmas(FakeSampling(), (999, 749, 499, 249))
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3)).to(dtype)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        n = noise.to(device)
+        model = FakeX0Model(n, torch.zeros_like(n))
+        sampling.sample_dmd2(model, n * sigmas[0].to(device, dtype), sigmas.to(device), {"seed": 11}, disable=True)
+        runs[device] = [x.cpu() for x, _ in model.inputs]
+        stream = sampling.renoise(model, n, 11)
+        runs[device + " stream"] = [stream(None, None).cpu() for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(runs["cpu stream"], runs["cuda stream"]))
+    assert len(runs["cuda"]) == 4
+    for a, b in zip(runs["cpu"], runs["cuda"]):
+        torch.testing.assert_close(b, a, rtol=1e-3 if dtype == torch.float16 else 1e-6, atol=0)
+
+
 def test_warns_once_untagged_and_cfg(monkeypatch, caplog):
     sigmas = sampling.plan_sigmas(FakeSampling(), (999,))
     noise = torch.randn(1, 4, 8, 8)

@@ -80,6 +80,14 @@ def test_node_search_example_workflow_and_live_panel(server, browser, artefacts)
     browser.wait_for("!!window.LiteGraph?.registered_node_types?.DMD2LiveSession", 60, "our node definitions")
     print(f"\nartefacts: {artefacts}")
 
+    # 0. the live panel took the frontend's current sidebar API where it exists (1.27+), not the deprecated one
+    current = browser.evaluate("typeof app.extensionManager.sidebarTab?.registerSidebarTab === 'function'")
+    how = "sidebarTab.registerSidebarTab" if current else "registerSidebarTab (deprecated API)"
+    browser.wait_for("app.extensionManager.getSidebarTabs?.().some(t => t.id === 'dmd2-live') || "
+                     "app.extensionManager.sidebarTab?.sidebarTabs?.some(t => t.id === 'dmd2-live')", 20,
+                     "the DMD2 Live sidebar tab")
+    assert f"[DMD2] live panel: {how}" in browser.console, browser.console[-20:]
+
     # 1. the node search box (double-click on the canvas) finds DMD2 KSampler
     browser.evaluate("app.graph.clear(), true")
     open_node_search(browser)
