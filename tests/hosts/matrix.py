@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _run_suite(spec: HostSpec, record: dict, dest: Path) -> dict[str, list[str]]:
     """{"passed"|"failed"|"skipped": [test ids]} of the host's suite."""
     report = dest / "junit.xml"
-    env = dict(os.environ, **record["env"])
+    env = dict(os.environ, DMD2_HOSTS=str(dest.parent), **record["env"])  # suites may compare with other hosts
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *spec.suite]
     common.log(f"{spec.name}: {' '.join(cmd[3:])}")
     with (dest / "matrix.log").open("w") as out:
