@@ -184,7 +184,11 @@ def test_convert_lora_file_cli(tmp_path):
             "lora_unet_up_blocks_0_upsamplers_0_conv.lora_up.weight": torch.ones(4, 2, 1, 1),
             "lora_unet_up_blocks_0_upsamplers_0_conv.alpha": torch.tensor(1.0)}
     save_file(lora, tmp_path / "l.safetensors", metadata={"ss_network_dim": "2"})
-    assert cli.main(["convert-lora", str(tmp_path / "l.safetensors"), str(tmp_path / "o.safetensors")]) == 0
+    # Only the upsampler: nothing in these keys says SDXL or SD1.5, so the base must be named.
+    assert cli.main(["convert-lora", str(tmp_path / "l.safetensors"), str(tmp_path / "o.safetensors")]) == 1
+    assert not (tmp_path / "o.safetensors").exists()
+    assert cli.main(["convert-lora", str(tmp_path / "l.safetensors"), str(tmp_path / "o.safetensors"),
+                     "--base", "sdxl"]) == 0
     out = load_file(tmp_path / "o.safetensors")
     assert set(out) == {"lora_unet_output_blocks_2_2_conv.lora_down.weight",
                         "lora_unet_output_blocks_2_2_conv.lora_up.weight", "lora_unet_output_blocks_2_2_conv.alpha"}

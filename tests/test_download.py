@@ -89,6 +89,13 @@ class HubHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+def leftovers(folder: Path) -> list[str]:
+    """Every file a download left in `folder` (its staging folder included), less the download locks and the hash
+    record: what a user would find."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and p.suffix != ".lock" and p.name != ".dmd2-sha256.json")
+
+
 @pytest.fixture
 def hub(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -108,7 +115,7 @@ def test_download_verifies_then_renames(hub, tmp_path):
                        endpoint=hub.endpoint)
     assert path == tmp_path / ENTRY.filename and path.read_bytes() == PAYLOAD
     assert ("download", len(PAYLOAD), len(PAYLOAD)) in seen and ("verify", len(PAYLOAD), len(PAYLOAD)) in seen
-    assert not (tmp_path / STAGING).exists()
+    assert leftovers(tmp_path) == [ENTRY.filename]
     # A second call finds the verified file and touches nothing on the network.
     before = len(hub.requests)
     assert fetch_entry(ENTRY, tmp_path, endpoint=hub.endpoint) == path and len(hub.requests) == before
@@ -118,7 +125,7 @@ def test_sha256_mismatch_deletes_the_partial_file(hub, tmp_path):
     wrong = replace(ENTRY, sha256="0" * 64)
     with pytest.raises(ChecksumError, match="partial file was deleted"):
         fetch_entry(wrong, tmp_path, endpoint=hub.endpoint)
-    assert list(tmp_path.iterdir()) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_interrupted_download_resumes(hub, tmp_path):
@@ -131,7 +138,7 @@ def test_interrupted_download_resumes(hub, tmp_path):
     assert 0 < have <= len(PAYLOAD) // 2 and partial.read_bytes() == PAYLOAD[:have]
     hub.fail_gets = False
     path = fetch_entry(ENTRY, tmp_path, endpoint=hub.endpoint)
-    assert path.read_bytes() == PAYLOAD and not (tmp_path / STAGING).exists()
+    assert path.read_bytes() == PAYLOAD and leftovers(tmp_path) == [ENTRY.filename]
     assert hub.requests[-1][::2] == ("GET", f"bytes={have}-")  # only the missing bytes were fetched
 
 
@@ -144,7 +151,7 @@ def test_corrupt_partial_restarts_clean(hub, tmp_path):
     hub.fail_gets = False
     with pytest.raises(ChecksumError, match="deleted"):
         fetch_entry(ENTRY, tmp_path, endpoint=hub.endpoint)
-    assert not (tmp_path / STAGING).exists()
+    assert leftovers(tmp_path) == []
     assert fetch_entry(ENTRY, tmp_path, endpoint=hub.endpoint).read_bytes() == PAYLOAD
 
 
@@ -210,14 +217,10 @@ def test_no_network_at_import():
 
 
 def run_cli(*argv: str) -> int:
-    import argparse
+    """`python -m sampler models ...` through the command line's error boundary (in this process)."""
+    from sampler.app.cli import main
 
-    from sampler.models.cli import add_models_subcommand
-
-    parser = argparse.ArgumentParser()
-    add_models_subcommand(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(list(argv))
 
 
 def test_one_command_from_nothing_to_every_dmd2_file_verified(hub, tmp_path, monkeypatch, capsys):
@@ -255,7 +258,7 @@ def test_one_command_from_nothing_to_every_dmd2_file_verified(hub, tmp_path, mon
 
 
 def test_cli_unknown_id_and_where(capsys, tmp_path):
-    assert run_cli("models", "download", "dmd2-sdxl-8step", "--models-dir", str(tmp_path)) == 2
+    assert run_cli("models", "download", "dmd2-sdxl-8step", "--models-dir", str(tmp_path)) == 1
     assert "unknown model id 'dmd2-sdxl-8step'; the catalog has: dmd2-sdxl-4step-unet-fp16" in capsys.readouterr().err
     assert run_cli("models", "where", "dmd2-sdxl-4step-lora-fp16", "dmd2-sdxl-4step-unet-fp16",
                    "--models-dir", str(tmp_path)) == 0

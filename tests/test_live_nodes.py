@@ -139,7 +139,7 @@ def test_queue_gate_reports_a_changed_queue(monkeypatch):
 
 @pytest.mark.parametrize("body, message", [
     ([], "JSON object"), ({"prompt": 3}, "prompt"), ({"prompt": "x", "seed": -1}, "seed"),
-    ({"prompt": "x", "strength": 0}, "strength"), ({"prompt": "x", "seed": "a"}, "integers"),
+    ({"prompt": "x", "strength": 0}, "strength"), ({"prompt": "x", "seed": "a"}, "seed must be a whole number"),
     ({"prompt": "x", "format": "gif"}, "format"),
 ])
 def test_parse_frame_request_rejects(body, message):
