@@ -58,6 +58,12 @@ class OutputPathError(DMD2Error):
     permission, or an existing file (never overwritten unless asked)."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none (for one-line messages)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def user_message(error: BaseException) -> str | None:
     """The one-line message for an error a user's input or situation caused, None for anything else (a bug).
 
@@ -72,7 +78,6 @@ def user_message(error: BaseException) -> str | None:
     if isinstance(error, OSError):
         return f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
     if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return (f"out of memory ({first}): use a smaller size or batch, or offload the models (--offload model / "
+        return (f"out of memory ({first_line(error)}): use a smaller size or batch, or offload the models (--offload model / "
                 f"sequential on the command line)")
     return None

@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from ..errors import DMD2Error, user_message
+from ..errors import DMD2Error, first_line, user_message
 from ..models.cli import finite_float, int_in
 
 if TYPE_CHECKING:
@@ -307,7 +307,7 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None = No
         print("\ninterrupted (an interrupted download resumes when you run the command again)", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the boundary: every error becomes a message
-        message = user_message(e) or (f"unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+        message = user_message(e) or (f"unexpected {type(e).__name__}: {first_line(e)} "
                                       f"(a bug: rerun with --debug for the traceback, and report it)")
         print(f"error: {message}", file=sys.stderr)
         if getattr(args, "debug", False):

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..denoiser import DiffusersDenoiser
-from ..errors import OfflineError, WrongKindError
+from ..errors import OfflineError, WrongKindError, first_line
 from ..models.checkpoints import check_compatible, resolve_model
 from ..models.files import check_output_folder, check_output_path, load_state_dict
 from ..noise import SeededNoise
@@ -30,7 +30,7 @@ def pick_device_and_dtype(device: str | None = None, dtype: str | None = None) -
     try:
         chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as e:
-        raise ValueError(f"--device {device!r} is not a device PyTorch knows ({str(e).splitlines()[0]}); use "
+        raise ValueError(f"--device {device!r} is not a device PyTorch knows ({first_line(e)}); use "
                          f"cuda, cuda:1, cpu, mps, ...") from None
     if dtype is None:
         return chosen, torch.float16 if chosen.type == "cuda" else torch.float32
@@ -176,7 +176,7 @@ def sdxl_from_checkpoint(path: Path, dtype: torch.dtype) -> Any:
     except OSError as e:
         raise OfflineError(f"building the SDXL pipeline from {path} needs the config and tokenizer files of "
                            f"stabilityai/stable-diffusion-xl-base-1.0 from the Hugging Face Hub (fetched once, then "
-                           f"cached), and they could not be read: {str(e).splitlines()[0]}") from None
+                           f"cached), and they could not be read: {first_line(e)}") from None
 
 
 def load_dmd2_sdxl(model: str, models_dir: Path, device: torch.device, dtype: torch.dtype,

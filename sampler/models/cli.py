@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,7 +18,7 @@ from ..errors import DMD2Error
 from ..plans import TRAINED_TIMESTEPS
 from .catalog import Catalog, Entry, load_catalog
 from .convert import LAYOUTS, ConversionError, convert_lora_file, merge_checkpoint
-from .files import check_output_path
+from .files import broken_link, check_output_path
 from .download import (STAGING, cached_sha256, default_models_dir, fetch_entry, target_path, tqdm_progress,
                        verify_file)
 
@@ -77,7 +76,7 @@ def _status(entry: Entry, models_dir: Path) -> str:
     """On-disk state without hashing: verified (recorded sha256 matches), present, partial, missing, or a broken
     link (the file, or the models folder, a symlink to nothing or a loop)."""
     path = _path(entry, models_dir)
-    if not path.exists() and os.path.lexists(path):
+    if broken_link(path):
         return "broken link"
     if path.exists():
         if entry.size is not None and path.stat().st_size != entry.size:
@@ -149,7 +148,8 @@ def _verify(args: argparse.Namespace) -> int:
     for entry in entries:
         path = _path(entry, models_dir)
         if not path.exists():
-            print(f"{'broken link' if os.path.lexists(path) else 'missing':<9} {entry.id}: {path}")
+            link = broken_link(path)
+            print(f"broken link {entry.id}: {link}" if link else f"missing   {entry.id}: {path}")
             bad += 1
             continue
         try:

@@ -40,8 +40,8 @@ from huggingface_hub.utils import build_hf_headers
 from tqdm.std import tqdm
 
 from .catalog import Entry, check_filename
-from .files import atomic_writer, check_readable_file
-from ..errors import ChecksumError, DiskSpaceError, DownloadError, OfflineError
+from .files import atomic_writer, broken_link, check_readable_file
+from ..errors import ChecksumError, DiskSpaceError, DownloadError, OfflineError, first_line
 
 #: progress(stage, done, total): stage is "download", "verify", or "wait" (another process is downloading the file:
 #: done is its progress), done/total in bytes (total None when unknown).
@@ -71,11 +71,14 @@ def target_path(entry: Entry, folder: Path | str) -> Path:
 
 
 def writable_target(path: Path) -> Path:
-    """`path` (a target_path) if a download may create it: not an existing symlink, whose replacement would
-    silently unlink the user's link (a broken one names its missing target)."""
+    """`path` (a target_path) if a download may create it: not a symlink (replacing it would silently unlink the
+    user's link), not under a folder that is a broken or looping link."""
+    link = broken_link(path)
+    if link is not None:
+        raise DownloadError(f"cannot download to {path}: {link}. Fix the link, or remove it to download the file "
+                            f"here")
     if path.is_symlink():
-        raise DownloadError(f"{path} is a symbolic link to {os.readlink(path)}, which cannot be read (missing, or a "
-                            f"loop): fix the link, or remove it to download the file here")
+        raise DownloadError(f"{path} is a symbolic link: refusing to replace it; remove it to download here")
     return path
 
 
@@ -280,7 +283,7 @@ def _remote_metadata(entry: Entry, folder: Path, endpoint: str | None) -> HfFile
         status = _http_status(e)
         if status is not None:
             raise http_failure(entry, status, folder) from None
-        raise DownloadError(f"the Hub refused {entry.filename} ({entry.repo}): {str(e).splitlines()[0]}") from None
+        raise DownloadError(f"the Hub refused {entry.filename} ({entry.repo}): {first_line(e)}") from None
     except Exception as e:
         if _network_failure(e):
             raise OfflineError(f"cannot reach the Hugging Face Hub to download {entry.filename} ({entry.repo}): "
@@ -412,7 +415,7 @@ def _fetch_bytes(entry: Entry, folder: Path, part: Path, url: str, have: int, si
         if isinstance(e, DownloadError) or not _network_failure(e):
             raise
         raise DownloadError(f"could not connect to download {entry.filename} from {entry.repo} "
-                            f"({str(e).splitlines()[0]}). Run the command again"
+                            f"({first_line(e)}). Run the command again"
                             f"{f' to resume from {have:,} bytes' if have else ''}") from None
     # O_NOFOLLOW: the part is written where it is, never through a symlink put in its place.
     fd = os.open(part, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0), 0o666)
@@ -435,5 +438,5 @@ def _fetch_bytes(entry: Entry, folder: Path, part: Path, url: str, have: int, si
 
 def _interrupted(entry: Entry, have: int, error: Exception) -> DownloadError:
     return DownloadError(f"downloading {entry.filename} from {entry.repo} was interrupted after {have:,} bytes "
-                         f"({str(error).splitlines()[0] or type(error).__name__}). Run the command again to resume "
+                         f"({first_line(error)}). Run the command again to resume "
                          f"from there")

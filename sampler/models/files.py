@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..errors import CorruptFileError, ModelNotFoundError, OutputPathError, UnsafeFileError
+from ..errors import CorruptFileError, ModelNotFoundError, OutputPathError, UnsafeFileError, first_line
 
 #: Suffixes of pickle-format checkpoints (read only with weights_only=True).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -39,20 +39,35 @@ def is_pickle_file(path: Path | str) -> bool:
     return str(path).lower().endswith(PICKLE_SUFFIXES)
 
 
+def broken_link(path: Path | str) -> str | None:
+    """Why `path` cannot be reached because of a symbolic link, or None: the first link on the way (a folder above
+    it, or the path itself) that points to nothing or loops. Shared models folders are links; this names the one
+    to fix."""
+    path = Path(os.path.abspath(path))
+    for step in (*reversed(path.parents), path):
+        if os.path.islink(step):
+            try:
+                os.stat(step)
+            except FileNotFoundError:
+                return f"{step} is a symbolic link to {os.readlink(step)}, which does not exist"
+            except OSError:
+                return f"{step} is a symbolic link that loops (it points to itself, directly or through other links)"
+    return None
+
+
 def check_readable_file(path: Path | str) -> Path:
     """`path` if it is a regular file (through any symlinks), else ModelNotFoundError saying what it is instead:
-    missing, a directory, a symlink to nothing, a symlink loop, or unreadable."""
+    missing, a directory, a broken or looping symlink (itself or a folder above it), or unreadable."""
     path = Path(path)
     try:
         st = path.stat()
-    except FileNotFoundError:
-        if path.is_symlink():
-            raise ModelNotFoundError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist: fix "
-                                     f"or remove the link") from None
-        raise ModelNotFoundError(f"no such file: {path}") from None
-    except OSError as e:  # ELOOP (a symlink loop), EACCES on a parent folder, ...
-        raise ModelNotFoundError(f"cannot open {path}: {e.strerror} (a symbolic link that points to itself, "
-                                 f"directly or through other links, or a folder you cannot read)") from None
+    except OSError as e:  # ENOENT, ELOOP (a symlink loop), EACCES on a parent folder, ENOTDIR, ...
+        link = broken_link(path)
+        if link is not None:
+            raise ModelNotFoundError(f"cannot open {path}: {link}. Fix or remove the link") from None
+        if isinstance(e, FileNotFoundError):
+            raise ModelNotFoundError(f"no such file: {path}") from None
+        raise ModelNotFoundError(f"cannot open {path}: {e.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
         raise ModelNotFoundError(f"{path} is a folder, not a model file: give the .safetensors (or .bin) file "
                                  f"inside it")
@@ -211,10 +226,10 @@ def _load_pickle(path: Path, device: str | torch.device) -> Any:
             raise CorruptFileError(f"{path} is not a readable PyTorch checkpoint (damaged pickle): download it "
                                    f"again") from None
         raise UnsafeFileError(f"refused to load {path}: its pickle asks to run code, which weights-only loading "
-                              f"does not allow ({str(e).splitlines()[0]}). Use a .safetensors copy of the "
+                              f"does not allow ({first_line(e)}). Use a .safetensors copy of the "
                               f"model from a source you trust") from None
     except (EOFError, RuntimeError, ValueError, struct.error, OSError, zipfile.BadZipFile) as e:
-        raise CorruptFileError(f"{path} is not a readable PyTorch checkpoint ({str(e).splitlines()[0] or type(e).__name__}): "
+        raise CorruptFileError(f"{path} is not a readable PyTorch checkpoint ({first_line(e)}): "
                                f"truncated or damaged, download it again") from None
 
 
