@@ -98,12 +98,15 @@ def plan_memory_for(args: argparse.Namespace, device: torch.device, dtype: torch
 
 def run_generate(args: argparse.Namespace) -> int:
     from ..models.download import default_models_dir, tqdm_progress
+    from ..models.files import check_output_path
     from .memory import apply_memory_plan, run_with_oom_fallback
-    from .pipeline import (DEFAULT_MODEL_ID, check_size, decode_to_images, execution_device,
-                           generate_latents, load_dmd2_sdxl, output_paths, pick_device_and_dtype, save_images,
+    from .pipeline import (DEFAULT_MODEL_ID, check_size, decode_to_images, execution_device, generate_latents,
+                           image_suffixes, load_dmd2_sdxl, output_paths, pick_device_and_dtype, save_images,
                            sdxl_conditioning)
     from ..plans import timesteps_for
 
+    if args.output is not None:  # its name and folder now; whether its files exist, once the model says how many
+        check_output_path(args.output, image_suffixes(), overwrite=True)
     prompts = [p for p in args.prompt for _ in range(args.batch)]
     if len(prompts) > MAX_IMAGES:
         raise DMD2Error(f"{len(args.prompt)} prompts x --batch {args.batch} = {len(prompts)} images, more than the "

@@ -112,13 +112,17 @@ def decode_to_images(vae: torch.nn.Module, latents: torch.Tensor, device: torch.
     return to_pil_images((pixels.float() + 1) / 2)
 
 
+#: Image formats --output may name (.png first: the default), where this PIL build can write them.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
 def image_suffixes() -> tuple[str, ...]:
-    """File name endings PIL can save an image as (.png first: the default)."""
+    """The IMAGE_SUFFIXES this PIL can save (WebP needs libwebp, for one)."""
     from PIL import Image
 
     Image.init()
-    saved = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
-    return (".png", *sorted(saved - {".png"}))
+    formats = Image.registered_extensions()
+    return tuple(ext for ext in IMAGE_SUFFIXES if formats.get(ext) in Image.SAVE)
 
 
 #: Where images go when no --output is given, numbered like ComfyUI's SaveImage: outputs/dmd2_00001_.png, ...

@@ -238,6 +238,10 @@ _KIND_HELP = {
 }
 
 
+_KIND_NAMES = {"unet": "a UNet", "lora": "a LoRA", "checkpoint": "a full checkpoint", "vae": "a VAE",
+               "taesd": "a TAESD decoder"}
+
+
 def check_compatible(info: FileInfo, expected_kind: str, base: str | None = None) -> None:
     """Raise a clear error unless `info` is a `expected_kind` file for `base` (when both bases are known).
 
@@ -290,7 +294,7 @@ def check_entry_kind(entry: Entry, kinds: Sequence[str], base: str | None = None
     """Raise WrongKindError / BaseMismatchError unless a catalog entry is one of `kinds` for `base`: checked from
     the catalog alone, before anything is downloaded."""
     if entry.kind not in kinds:
-        wanted = " or ".join(_KIND_HELP[k][0] for k in kinds)
+        wanted = " or ".join(_KIND_NAMES[k] for k in kinds)
         raise WrongKindError(f"catalog id {entry.id} is {_KIND_HELP[entry.kind][0]}, but {wanted} is needed here; "
                              f"nothing was downloaded")
     if base is not None and entry.base != base:

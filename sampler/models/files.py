@@ -85,10 +85,11 @@ def check_output_path(path: Path | str, suffixes: Sequence[str], *, overwrite: b
     created (the nearest existing parent is a folder we may write in). OutputPathError says which rule it breaks.
     """
     path = Path(path).expanduser()
-    if path.suffix.lower() not in suffixes:
-        raise OutputPathError(f"{path}: the file name must end in {' or '.join(suffixes)}")
     if path.is_dir():
         raise OutputPathError(f"{path} is a folder: give a file name, e.g. {path / ('out' + suffixes[0])}")
+    if path.suffix.lower() not in suffixes:
+        raise OutputPathError(f"{path}: the file name must end in {', '.join(suffixes[:-1])} or {suffixes[-1]}"
+                              if len(suffixes) > 1 else f"{path}: the file name must end in {suffixes[0]}")
     for source in inputs:
         if source and os.path.exists(source) and os.path.exists(path) and os.path.samefile(source, path):
             raise OutputPathError(f"{path} is also an input: write the result to another file")
