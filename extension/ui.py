@@ -57,7 +57,7 @@ def on_ui_tabs():
         strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="LoRA strength (1.0 on SDXL base, 0.5-0.75 "
                                                                     "on finetunes)")
         name = gr.Textbox(label="Output file name", value="sdxl_dmd2_4step.safetensors")
-        button = gr.Button("Merge", variant="primary")
+        button = gr.Button("Merge", variant="primary", elem_id="dmd2_merge")
         status = gr.Markdown()
         button.click(fn=lambda *a: run_merge(*a, models_dir), inputs=[base, unet, lora, strength, name],
                      outputs=[status])
