@@ -18,7 +18,7 @@ from huggingface_hub import constants as hf_constants
 
 from sampler.models.catalog import load_catalog
 from sampler.models.download import STAGING, fetch_entry, verify_file
-from sampler.errors import ChecksumError, DiskSpaceError, DownloadError, OfflineError
+from sampler.errors import ChecksumError, DiskSpaceError, DownloadError, OfflineError, OutputPathError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 PAYLOAD = os.urandom(300_000)
@@ -504,3 +504,10 @@ def _restore_cli_catalog():
     original = cli.load_catalog
     yield
     cli.load_catalog = original
+
+
+def test_a_models_folder_that_cannot_be_made_is_said_before_the_network(hub, tmp_path):
+    (tmp_path / "models").write_text("a file where the folder should be")
+    with pytest.raises(OutputPathError, match="models is a file, so nothing can be written"):
+        fetch_entry(ENTRY, tmp_path / "models" / "loras", endpoint=hub.endpoint)
+    assert hub.requests == []

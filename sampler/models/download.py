@@ -40,7 +40,7 @@ from huggingface_hub.utils import build_hf_headers
 from tqdm.std import tqdm
 
 from .catalog import Entry, check_filename
-from .files import atomic_writer, broken_link, check_readable_file
+from .files import atomic_writer, broken_link, check_output_folder, check_readable_file
 from ..errors import ChecksumError, DiskSpaceError, DownloadError, OfflineError, first_line
 
 #: progress(stage, done, total): stage is "download", "verify", or "wait" (another process is downloading the file:
@@ -346,6 +346,7 @@ def fetch_entry(entry: Entry, folder: Path | str, progress: ProgressCallback | N
     if is_offline():
         raise OfflineError(f"HF_HUB_OFFLINE is set, so {entry.filename} ({entry.repo}) cannot be downloaded. "
                            f"{manual_download_hint(entry, folder)}")
+    check_output_folder(folder)  # a file in the way, no permission: said now, not as an OSError from mkdir
     folder.mkdir(parents=True, exist_ok=True)
     staging = staging_folder(folder)
     with download_lock(staging, entry.filename, progress, entry.size):
