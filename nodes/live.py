@@ -64,7 +64,7 @@ def _whole_number(body: dict, name: str, default: int, high: int) -> int:
         except ValueError:
             pass
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
-        raise ValueError(f"{name} must be a whole number in 0..{high}, got {value!r}")
+        raise ValueError(f"{name} must be a whole number in 0..{high}, got {value!r:.60}")
     return value
 
 
@@ -89,10 +89,10 @@ def parse_frame_request(body: Any) -> FrameRequest:
             pass
     if (not isinstance(strength, (int, float)) or isinstance(strength, bool) or not math.isfinite(strength)
             or not 0.0 < strength <= 1.0):
-        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r:.60}")
     fmt = body.get("format", "jpeg")
     if not isinstance(fmt, str) or fmt not in FORMATS:
-        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
+        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r:.60}")
     return FrameRequest(prompt, seed, float(strength), request_id, fmt, time.perf_counter())
 
 

@@ -78,6 +78,6 @@ def user_message(error: BaseException) -> str | None:
     if isinstance(error, OSError):
         return f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
     if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
-        return (f"out of memory ({first_line(error)}): use a smaller size or batch, or offload the models (--offload model / "
-                f"sequential on the command line)")
+        return (f"out of memory ({first_line(error)}): use a smaller size or batch, or offload the models "
+                f"(--offload model / sequential on the command line)")
     return None

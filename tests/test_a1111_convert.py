@@ -210,9 +210,9 @@ def test_merge_tab_handler_writes_into_the_models_folder_and_reports_errors(tiny
 
 # --- what merge and convert-lora are given is checked, like the loaders check it ----------------------------------
 
-SD15_LORA = {"lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": torch.ones(4, 768),
-             "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": torch.ones(640, 4),
-             "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.alpha": torch.tensor(4.0)}
+SD15_MODULE = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
+SD15_LORA = {SD15_MODULE + ".lora_down.weight": torch.ones(4, 768), SD15_MODULE + ".lora_up.weight": torch.ones(640, 4),
+             SD15_MODULE + ".alpha": torch.tensor(4.0)}
 VAE = {"decoder.conv_in.weight": torch.ones(8, 4, 3, 3), "decoder.up.0.block.0.conv1.weight": torch.ones(8, 8, 3, 3)}
 PEFT_LORA = {"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": torch.ones(4, 2048),
              "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight": torch.ones(640, 4)}

@@ -87,7 +87,8 @@ def test_bad_outputs_fail_before_loading(capsys, no_loading, tmp_path):
     assert (tmp_path / "taken.png").read_bytes() == b"my picture"
     # A batch checks every file it would write: taken-1.png exists.
     (tmp_path / "taken-1.png").write_bytes(b"mine too")
-    status, _, err = run(capsys, "generate", "red circle", *SDXL, "--batch", "3", "--output", str(tmp_path / "taken.png"))
+    status, _, err = run(capsys, "generate", "red circle", *SDXL, "--batch", "3", "--output",
+                         str(tmp_path / "taken.png"))
     assert status == 1 and "taken-1.png exists" in err and "--overwrite" in err
 
 

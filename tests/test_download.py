@@ -455,7 +455,7 @@ def test_symlinked_model_files_and_folders_are_read_through(hub, tmp_path, capsy
 
 def test_broken_and_looping_links_are_reported_not_replaced(hub, tmp_path, capsys):
     os.symlink(tmp_path / "gone.safetensors", tmp_path / ENTRY.filename)
-    with pytest.raises(DownloadError, match="symbolic link to .*gone.safetensors, which does not exist. Fix the link, or remove it"):
+    with pytest.raises(DownloadError, match="gone.safetensors, which does not exist. Fix the link, or remove"):
         fetch_entry(ENTRY, tmp_path, endpoint=hub.endpoint)
     assert (tmp_path / ENTRY.filename).is_symlink() and hub.requests == []
     loop = tmp_path / "loop"
@@ -511,3 +511,39 @@ def test_a_models_folder_that_cannot_be_made_is_said_before_the_network(hub, tmp
     with pytest.raises(OutputPathError, match="models is a file, so nothing can be written"):
         fetch_entry(ENTRY, tmp_path / "models" / "loras", endpoint=hub.endpoint)
     assert hub.requests == []
+
+
+def test_a_full_disk_mid_download_says_so_and_keeps_the_bytes(hub, tmp_path, monkeypatch):
+    import errno
+
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        """A file that takes 100 kB, then fails as a full disk does."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            if self.f.tell() + len(data) > 100_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: FullDisk(real_fdopen(fd, mode, *a, **k))
+                        if mode == "r+b" else real_fdopen(fd, mode, *a, **k))
+    monkeypatch.setattr("sampler.models.download._CHUNK", 1 << 15)
+    with pytest.raises(DownloadError, match="No space left on device.*free some space.*a rerun resumes"):
+        fetch_entry(ENTRY, tmp_path, endpoint=hub.endpoint)
+    (part,) = (tmp_path / STAGING).glob("*.part")
+    assert 0 < part.stat().st_size <= 100_000 and part.read_bytes() == PAYLOAD[:part.stat().st_size]
+    monkeypatch.setattr(os, "fdopen", real_fdopen)
+    assert fetch_entry(ENTRY, tmp_path, endpoint=hub.endpoint).read_bytes() == PAYLOAD

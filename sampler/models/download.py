@@ -222,9 +222,10 @@ def http_failure(entry: Entry, status: int, folder: Path, have: int = 0) -> Down
         return DownloadError(f"the Hub has no {what} at revision {entry.revision} (HTTP {status}): the catalog entry "
                              f"{entry.id} is out of date; update the pack")
     if status == 429 or status >= 500:
+        why = "HTTP 429, too many requests" if status == 429 else f"HTTP {status}"
         kept = f"; the {have:,} bytes so far are kept and a rerun resumes from there" if have else ""
-        return DownloadError(f"the Hub could not serve {what} right now (HTTP {status}{', too many requests' if status == 429 else ''}): "
-                             f"wait a few minutes and run the command again{kept}")
+        return DownloadError(f"the Hub could not serve {what} right now ({why}): wait a few minutes and run the "
+                             f"command again{kept}")
     return DownloadError(f"the Hub refused {what} with HTTP {status}: {manual_download_hint(entry, folder)}")
 
 
@@ -413,7 +414,10 @@ def _fetch_bytes(entry: Entry, folder: Path, part: Path, url: str, have: int, si
             if not (status == 429 or status >= 500):
                 part.unlink(missing_ok=True)
             raise error from None
-        if isinstance(e, DownloadError) or not _network_failure(e):
+        if isinstance(e, DownloadError):  # the server announced another file: what we have is not its prefix
+            part.unlink(missing_ok=True)
+            raise
+        if not _network_failure(e):
             raise
         raise DownloadError(f"could not connect to download {entry.filename} from {entry.repo} "
                             f"({first_line(e)}). Run the command again"
@@ -439,5 +443,4 @@ def _fetch_bytes(entry: Entry, folder: Path, part: Path, url: str, have: int, si
 
 def _interrupted(entry: Entry, have: int, error: Exception) -> DownloadError:
     return DownloadError(f"downloading {entry.filename} from {entry.repo} was interrupted after {have:,} bytes "
-                         f"({first_line(error)}). Run the command again to resume "
-                         f"from there")
+                         f"({first_line(error)}). Run the command again to resume from there")
