@@ -319,6 +319,7 @@ def download_lock(staging: Path, filename: str, progress: ProgressCallback, size
                 break
             except Timeout:
                 continue
+        progress("wait", size or 0, size)  # the wait is over (a progress bar closes at its total)
     try:
         yield
     finally:
