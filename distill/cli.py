@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from sampler.cli import run_command
-from sampler.errors import DMD2Error
+from sampler.app.cli import run_command
+from sampler.errors import DMD2Error, first_line
 from sampler.plans import TRAINED_TIMESTEPS
 
 
@@ -90,7 +90,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         pipe = DiffusionPipeline.from_pretrained(str(args.teacher))
     except (OSError, ValueError) as e:
-        raise DMD2Error(f"cannot load a diffusers pipeline from {args.teacher}: {str(e).splitlines()[0]} (convert a "
+        raise DMD2Error(f"cannot load a diffusers pipeline from {args.teacher}: {first_line(e)} (convert a "
                         f"single-file checkpoint with diffusers' conversion scripts first)") from None
     real = real_prompts = None
     if args.real_latents is not None:
@@ -131,7 +131,7 @@ def add_shapes_proof_subcommand(subparsers) -> None:
     p.add_argument("--only", nargs="+", metavar="RUN",
                    help="train only these students (names as in the table), e.g. to split the runs over processes")
     p.add_argument("--ship", action="store_true",
-                   help="copy the 4-step student to sampler/embedded/, the command line's offline default model")
+                   help="copy the 4-step student to sampler/shapes/embedded/, the command line's offline default model")
     p.set_defaults(func=run_shapes_proof)
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sampler.catalog import Catalog, load_catalog
-from sampler.tiny import dmd2_format_lora
-from sampler.checkpoints import (check_compatible, convert_to_safetensors, inspect_file, inspect_state_dict,
+from sampler.models.catalog import Catalog, load_catalog
+from sampler.models.tiny import dmd2_format_lora
+from sampler.models.checkpoints import (check_compatible, convert_to_safetensors, inspect_file, inspect_state_dict,
                                  load_state_dict, resolve_model)
 from sampler.errors import (BaseMismatchError, CorruptFileError, ModelNotFoundError, UnknownModelError,
                             UnsafeFileError, WrongKindError)
@@ -259,3 +259,13 @@ def test_resolve_model_specs(tmp_path):
         resolve_model("dmd2-sdxl-8step", tmp_path, catalog=CATALOG)
     with pytest.raises(ModelNotFoundError):
         resolve_model(str(tmp_path / "missing.safetensors"), tmp_path, catalog=CATALOG)
+
+
+def test_a_damaged_converted_copy_is_made_again(tmp_path):
+    """The .converted.safetensors of a verified pickle is ours: damaged, it is rebuilt from the source, not fatal."""
+    catalog, src = catalog_with_pickle(tmp_path)
+    first = resolve_model("dmd2-sdxl-1step-unet-fp16", tmp_path / "models", catalog=catalog)
+    first.path.write_bytes(first.path.read_bytes()[:40])
+    again = resolve_model("dmd2-sdxl-1step-unet-fp16", tmp_path / "models", catalog=catalog)
+    assert again.path == first.path and again.source == src
+    assert torch.equal(load_state_dict(again.path)["conv_in.weight"], torch.ones(320, 4, 3, 3))

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from sampler import TRAINED_TIMESTEPS, timesteps_for
-from sampler.pipeline import decode_to_images, generate_latents, pick_device_and_dtype, save_images, sdxl_conditioning
-from sampler.tiny import tiny_sdxl_pipeline
+from sampler.app.pipeline import (decode_to_images, generate_latents, output_paths, pick_device_and_dtype, save_images,
+                                  sdxl_conditioning)
+from sampler.models.tiny import tiny_sdxl_pipeline
 
 SIZE = 64
 
@@ -52,7 +53,7 @@ def test_decode_and_save(pipe, tmp_path):
     latents = torch.randn(2, 4, SIZE // 8, SIZE // 8)
     images = decode_to_images(pipe.vae, latents)
     assert [im.size for im in images] == [(SIZE, SIZE)] * 2
-    paths = save_images(images, tmp_path / "out" / "img.png")
+    paths = save_images(images, output_paths(tmp_path / "out" / "img.png", len(images)))
     assert [p.name for p in paths] == ["img-0.png", "img-1.png"] and all(p.exists() for p in paths)
 
 
@@ -73,9 +74,9 @@ def test_dmd2_lora_fuses_into_every_targeted_module(tmp_path):
     """The standalone path fuses a LoRA in DMD2's key format fully: W += strength * alpha / rank * up @ down."""
     from safetensors.torch import save_file
 
-    from sampler.checkpoints import inspect_file
-    from sampler.pipeline import apply_dmd2_weights
-    from sampler.tiny import dmd2_format_lora
+    from sampler.models.checkpoints import inspect_file
+    from sampler.app.pipeline import apply_dmd2_weights
+    from sampler.models.tiny import dmd2_format_lora
 
     pipe = tiny_sdxl_pipeline(tmp_path)
     lora = dmd2_format_lora(pipe.unet, rank=4, alpha=2.0)
@@ -97,7 +98,7 @@ def test_dmd2_lora_fuses_into_every_targeted_module(tmp_path):
 
 def test_cli_generate_writes_images(tmp_path, monkeypatch, capsys):
     """`python -m sampler generate` end to end on the tiny SDXL pipeline (loading is the only stand-in)."""
-    from sampler import cli, pipeline
+    from sampler.app import cli, pipeline
 
     monkeypatch.setattr(pipeline, "load_dmd2_sdxl",
                         lambda *a, **k: (tiny_sdxl_pipeline(tmp_path), TRAINED_TIMESTEPS["sdxl_1step"]))

@@ -13,6 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import WrongKindError, first_line
+from ..models.files import load_state_dict
+
 WIDTH = 64
 
 
@@ -50,15 +53,12 @@ def tiny_decoder(latent_channels: int = 4) -> nn.Sequential:
 
 def load_tiny_decoder(path: Path | str, device: torch.device | str = "cpu",
                       dtype: torch.dtype = torch.float32) -> nn.Sequential:
-    """A tiny decoder with the weights of a taesd(xl)_decoder file (loaded safely, see checkpoints.load_state_dict)."""
-    from .checkpoints import load_state_dict
-    from .errors import WrongKindError
-
+    """A tiny decoder with the weights of a taesd(xl)_decoder file (loaded safely, see files.load_state_dict)."""
     decoder = tiny_decoder()
     try:
         decoder.load_state_dict(load_state_dict(path))
     except RuntimeError as e:
-        raise WrongKindError(f"{Path(path).name} is not a TAESD decoder ({str(e).splitlines()[0]}): use the catalog's "
+        raise WrongKindError(f"{Path(path).name} is not a TAESD decoder ({first_line(e)}): use the catalog's "
                              f"taesd / taesdxl entries (taesd_decoder / taesdxl_decoder files)") from None
     return decoder.to(device, dtype).eval()
 
