@@ -34,7 +34,10 @@ def find_chromium() -> str | None:
 class WebSocket:
     """Just enough of a WebSocket client for CDP: text frames, masking, fragmentation, ping, large payloads."""
 
-    def __init__(self, url: str, timeout: float = 60):
+    #: Seconds one CDP answer may take: on a loaded shared CPU a starved renderer has gone silent for over 60 s.
+    TIMEOUT = 240
+
+    def __init__(self, url: str, timeout: float = TIMEOUT):
         parts = urllib.parse.urlparse(url)
         self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
         key = base64.b64encode(os.urandom(16)).decode()
