@@ -82,11 +82,14 @@ def install_workarounds(py: Path) -> list[str]:
     if not ok and list(lib.glob("*.so")):
         for path in lib.glob("*.so"):  # torchaudio loads lib/<name>*.so when present and runs without them
             path.rename(path.with_name(path.name + ".unloadable"))
-        done.append(f"torchaudio: C++ libraries set aside (*.so.unloadable), it imports as pure Python (it "
-                    f"failed with: {error})")
+        log_why = f" (it failed with: {error})"
         ok, error = _imports(py, "torchaudio")
+    else:
+        log_why = " (earlier build)"
     if not ok:
         raise SystemExit(f"[hosts] torchaudio does not import: {error}")
+    if list(lib.glob("*.so.unloadable")):
+        done.append(f"torchaudio: C++ libraries set aside (*.so.unloadable), it imports as pure Python{log_why}")
     return done
 
 
