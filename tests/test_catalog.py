@@ -136,3 +136,12 @@ def test_entries_built_in_code_are_checked_too():
     with pytest.raises(CatalogError, match="cannot leave the models folder"):
         Entry(**{**fields, "filename": "../x.safetensors"})
     assert len(Catalog((entry,))) == 1
+
+
+def test_download_urls_are_the_hubs_own():
+    """Entry.url (example workflows, manual-download hints) is the URL huggingface_hub itself builds."""
+    from huggingface_hub import hf_hub_url
+
+    for entry in load_catalog():
+        hub = hf_hub_url(entry.repo, entry.filename, revision=entry.revision, endpoint="https://huggingface.co")
+        assert entry.url == hub
