@@ -79,20 +79,25 @@ def imported_from_entry_point(files: list[str]) -> set[str]:
     return {modules[name] for name in seen}
 
 
-@pytest.fixture(scope="module")
-def registry_zip(tmp_path_factory) -> set[str]:
-    """The names in the zip comfy-cli builds for `comfy node publish`, from this checkout."""
+def build_registry_zip(folder: Path) -> Path:
+    """The zip `comfy node publish` would upload, built from this checkout by comfy-cli's own zip_files."""
     file_utils, config_parser = _comfy_cli()
     _tracked_files()
     config = config_parser.extract_node_configuration(str(ROOT / "pyproject.toml"))
-    path = tmp_path_factory.mktemp("registry") / "node.zip"
+    path = folder / "node.zip"
     cwd = os.getcwd()
     os.chdir(ROOT)  # zip_files works on the current directory, as `comfy node publish` does
     try:
         file_utils.zip_files(str(path), includes=config.tool_comfy.includes)
     finally:
         os.chdir(cwd)
-    with zipfile.ZipFile(path) as z:
+    return path
+
+
+@pytest.fixture(scope="module")
+def registry_zip(tmp_path_factory) -> set[str]:
+    """The names in the registry zip."""
+    with zipfile.ZipFile(build_registry_zip(tmp_path_factory.mktemp("registry"))) as z:
         return set(z.namelist())
 
 
@@ -202,3 +207,50 @@ def test_the_import_reader_follows_the_pack_and_only_the_pack():
     found = imported_from_entry_point(_tracked_files())
     assert {"__init__.py", "nodes/__init__.py", "nodes/loaders.py", "sampler/plans.py", "sampler/app/taesd.py"} <= found
     assert not {"install.py", "distill/__init__.py", "extension/__init__.py", "tests/test_publish.py"} & found
+
+
+def test_publish_on_tag_workflow(tmp_path):
+    """The GitHub workflow publishes with Comfy-Org's action after the test suite, and only from a tag that names
+    pyproject.toml's version (its check step is run here as written)."""
+    yaml = pytest.importorskip("yaml")
+    _, config_parser = _comfy_cli()
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "publish.yml").read_text())
+    assert workflow[True] == {"push": {"tags": ["v*"]}}  # YAML 1.1 reads the key `on` as True
+    tests, publish = workflow["jobs"]["tests"], workflow["jobs"]["publish"]
+    assert {"run": "bash .ci/run"} in tests["steps"] and publish["needs"] == "tests"
+    action = publish["steps"][-1]
+    assert action["uses"].startswith("Comfy-Org/publish-node-action@")
+    assert action["with"] == {"personal_access_token": "${{ secrets.REGISTRY_ACCESS_TOKEN }}"}
+    check = next(s["run"] for s in publish["steps"] if s.get("name", "").startswith("The tag names the version"))
+    version = config_parser.extract_node_configuration(str(ROOT / "pyproject.toml")).project.version
+    for tag, ok in ((f"v{version}", True), ("v999.0.0", False)):
+        run = subprocess.run(["bash", "-c", check], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "GITHUB_REF_NAME": tag, "PATH": f"{Path(sys.executable).parent}:"
+                                  + os.environ.get("PATH", "")})
+        assert (run.returncode == 0) == ok, (tag, run.stdout, run.stderr)
+
+
+#: tags.json of AUTOMATIC1111/stable-diffusion-webui-extensions (commit 956826e), minus `installed` (webui-internal).
+A1111_TAGS = {"script", "localization", "tab", "dropdown", "ads", "training", "models", "UI related", "prompting",
+              "editing", "manipulations", "online", "animation", "query", "science", "extras"}
+
+
+def test_index_entries_are_ready_to_submit():
+    """docs/index/: the A1111 extension index entry (its extension_template.json keys and tags) and the
+    ComfyUI-Manager custom-node-list.json entry (the fields and URL form its json-checker.py requires)."""
+    import json
+    import re
+
+    _, config_parser = _comfy_cli()
+    config = config_parser.extract_node_configuration(str(ROOT / "pyproject.toml"))
+    repository, title = config.project.urls.repository, config.tool_comfy.display_name
+    a1111 = json.loads((ROOT / "docs" / "index" / "a1111-extension.json").read_text())
+    assert set(a1111) == {"name", "url", "description", "tags"} and set(a1111["tags"]) <= A1111_TAGS
+    assert a1111["url"] == repository + ".git" and a1111["name"] == title and a1111["description"]
+    manager = json.loads((ROOT / "docs" / "index" / "comfyui-manager.json").read_text())
+    assert {"author", "title", "reference", "files", "install_type", "description"} <= set(manager)
+    assert re.fullmatch(r"https://github\.com/[^/]+/[^/]+", manager["reference"])  # no .git
+    assert manager["files"] == [repository] == [manager["reference"]] and manager["install_type"] == "git-clone"
+    assert manager["id"] == config.project.name and manager["title"] == title
+    assert all(re.match(manager["nodename_pattern"], node) for node in json.loads(
+        (ROOT / "locales" / "en" / "nodeDefs.json").read_text()))
