@@ -8,9 +8,9 @@ from typing import Any
 
 from ..sampler.models.catalog import Entry, load_catalog
 from ..sampler.models.checkpoints import FileInfo, check_compatible, inspect_file
-from ..sampler.models.files import is_pickle_file, load_state_dict
+from ..sampler.models.files import broken_link, is_pickle_file, load_state_dict
 from ..sampler.models.checkpoints import resolve_model
-from ..sampler.errors import DMD2Error
+from ..sampler.errors import DMD2Error, ModelNotFoundError
 from ..sampler.plans import DEFAULT_TRAINED, TRAINED_TIMESTEPS
 from . import host
 from .tags import DMD2Facts, tag_model
@@ -60,9 +60,13 @@ def check_choice(folder: str, kind: str, choice: str) -> bool | str:
 def resolve_choice(folder: str, kind: str, choice: str) -> tuple[Path, FileInfo]:
     """(path, FileInfo) of a dropdown value: a file ComfyUI lists in `folder`, else a catalog entry (found in any
     `folder` path, else downloaded and verified into ComfyUI's models folder)."""
-    path = None if choice.startswith(CATALOG_PREFIX) else host.full_path(folder, choice)
-    if path is not None:
-        return path, inspect_file(path)
+    if not choice.startswith(CATALOG_PREFIX):
+        path = host.full_path(folder, choice)
+        if path is not None:
+            return path, inspect_file(path)
+        for link in (broken_link(Path(where) / choice) for where in host.folder_paths(folder)):
+            if link:  # ComfyUI lists a symlink to nothing (or a loop) but cannot open it: say which link to fix
+                raise ModelNotFoundError(f"cannot open {choice}: {link}. Fix or remove the link")
     entry = catalog_entry(choice, kind)
     if entry is None:
         raise FileNotFoundError(f"{choice!r} is not in ComfyUI's {folder} folders (refresh the node list?)")
