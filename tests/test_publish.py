@@ -145,8 +145,7 @@ RUNS_STRINGS = {"exec", "eval", "compile", "__import__"}
 NETWORK = ("urllib.request", "http.client", "requests", "httpx", "urllib3", "socket", "huggingface_hub", "diffusers")
 NETWORK_USERS = {
     "sampler/models/download.py",  # verified downloads of catalog files: what the loaders use
-    "sampler/app/pipeline.py",  # diffusers for the command line; shipped as sampler/app/live.py imports it, and
-}                               # never called by the nodes (docs/publishing.md)
+}
 
 
 def test_shipped_code_runs_no_programs_and_no_strings(registry_zip):
@@ -205,7 +204,7 @@ def test_example_workflows_name_this_pack():
 
 def test_the_import_reader_follows_the_pack_and_only_the_pack():
     found = imported_from_entry_point(_tracked_files())
-    assert {"__init__.py", "nodes/__init__.py", "nodes/loaders.py", "sampler/plans.py", "sampler/app/taesd.py"} <= found
+    assert {"__init__.py", "nodes/__init__.py", "nodes/loaders.py", "sampler/plans.py", "sampler/models/taesd.py"} <= found
     assert not {"install.py", "distill/__init__.py", "extension/__init__.py", "tests/test_publish.py"} & found
 
 
