@@ -112,11 +112,13 @@ def models() -> dict[str, Path]:
 
 
 @contextlib.contextmanager
-def running_comfyui(comfyui_path: Path, python: str, models: dict[str, Path], base: Path) -> Iterator[Server]:
-    """A ComfyUI from `comfyui_path` run by `python`, with the pack, the probe pack and the random models in the
-    throw-away `base` directory, on a free port; stopped on exit."""
+def running_comfyui(comfyui_path: Path, python: str, models: dict[str, Path], base: Path, pack: Path = REPO,
+                    env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A ComfyUI from `comfyui_path` run by `python`, with the pack (`pack`: this checkout, or e.g. the unpacked
+    registry zip), the probe pack and the random models in the throw-away `base` directory, on a free port, with
+    `env` added to its environment; stopped on exit."""
     (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO, target_is_directory=True)
+    (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(pack, target_is_directory=True)
     (base / "custom_nodes" / "dmd2_test_probe").symlink_to(HERE / "dmd2_test_probe", target_is_directory=True)
     for path in models.values():
         link = base / "models" / path.parent.name / path.name
@@ -127,7 +129,8 @@ def running_comfyui(comfyui_path: Path, python: str, models: dict[str, Path], ba
     cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base),
            "--database-url", "sqlite:///:memory:", "--disable-api-nodes", "--preview-method", "latent2rgb"]
     with log.open("w") as out:
-        process = subprocess.Popen(cmd, cwd=comfyui_path, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(cmd, cwd=comfyui_path, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})
     srv = Server(process, port, base, log)
     try:
         deadline = time.monotonic() + START_TIMEOUT
