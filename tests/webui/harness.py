@@ -1,6 +1,7 @@
-"""One harness for the end-to-end tests of both web UIs, A1111 (tests/a1111) and Forge (tests/forge).
+"""One harness for the end-to-end tests of the A1111-family web UIs: A1111 (tests/a1111), Forge (tests/forge),
+reForge (tests/reforge) and Forge Classic (tests/forge_classic); `python -m tests.hosts build NAME` builds each.
 
-A host (A1111 or FORGE below) says how to find its checkout ($<ENV>_PATH, its Python $<ENV>_PYTHON, the checkpoint
+A host (A1111, FORGE, REFORGE, FORGE_CLASSIC below) says how to find its checkout ($<ENV>_PATH, its Python $<ENV>_PYTHON, the checkpoint
 $<ENV>_CKPT), how to launch it headless on CPU and when its API counts as up. `running(host, paths, tmp)` starts it
 on a free 127.0.0.1 port with this repository and tests/webui/probe (a test-only extension that logs every UNet call)
 symlinked into its extensions folder, and always stops it and removes the symlinks afterwards.
@@ -44,16 +45,26 @@ class Host:
     # A1111 takes no request before "Startup time" is logged: in web UI mode an early request starts the app and
     # A1111's own add_middleware then fails ("Cannot add middleware after an application has started")
     wait_for_startup_line: bool
+    forge_family: bool = False  # UNet at forge_objects, CFG through a ComfyUI-style sampling_function
+    schedulers: bool = True  # modules.sd_schedulers and /sdapi/v1/schedulers exist
+    unknown_args_ok: bool = False  # lacks some common launch flags: run with IGNORE_CMD_ARGS_ERRORS=1
+    hr_modules: bool = False  # its API wants hr_additional_modules for hires fix (lllyasviel's Forge)
 
     @property
     def is_forge(self) -> bool:
-        return self is FORGE
+        return self.forge_family
 
 
 A1111 = Host("A1111", "A1111", "a real A1111 (stable-diffusion-webui) checkout", ("launch.py", "modules/sd_samplers.py"),
              (), ("--use-cpu", "all", "--no-half", "--no-half-vae", "--precision", "full"), 240, True)
 FORGE = Host("Forge", "FORGE", "a real stable-diffusion-webui-forge checkout", ("launch.py",), ("modules_forge", "backend"),
-             ("--always-cpu",), 300, False)
+             ("--always-cpu",), 300, False, forge_family=True, hr_modules=True)
+REFORGE = Host("reForge", "REFORGE", "a real stable-diffusion-webui-reForge checkout", ("launch.py",),
+               ("modules_forge", "ldm_patched", "k_diff"), ("--always-cpu", "--no-half", "--no-half-vae"), 300, True,
+               forge_family=True)
+FORGE_CLASSIC = Host("Forge Classic", "FORGE_CLASSIC", "a real sd-webui-forge-classic (classic branch) checkout",
+                     ("launch.py",), ("modules_forge", "ldm_patched"), ("--always-cpu",), 300, True,
+                     forge_family=True, schedulers=False, unknown_args_ok=True)
 
 
 def host_paths(host: Host) -> tuple[Path, Path]:
@@ -63,8 +74,7 @@ def host_paths(host: Host) -> tuple[Path, Path]:
         pytest.skip(f"{host.env}_PATH is not set: these tests need {host.wanted}")
     root = Path(path).expanduser().resolve()
     if not all((root / f).is_file() for f in host.files) or not all((root / d).is_dir() for d in host.dirs):
-        pytest.skip(f"{host.env}_PATH={root} is not {'a Forge' if host.is_forge else 'an A1111'} checkout "
-                    f"(no {' / '.join(host.files + host.dirs)})")
+        pytest.skip(f"{host.env}_PATH={root} is not {host.wanted} (no {' / '.join(host.files + host.dirs)})")
     python = Path(os.environ.get(f"{host.env}_PYTHON") or root / "venv" / "bin" / "python")
     if not python.is_file():
         pytest.skip(f"{host.name}'s Python {python} not found: set {host.env}_PYTHON to the interpreter of its venv")
@@ -96,9 +106,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pixels(response: dict) -> bytes:
+def pixels(response: dict, index: int = 0) -> bytes:
+    """RGB bytes of image `index` of an API response (PNGs differ in their infotext even when the pixels agree)."""
     from PIL import Image
-    return Image.open(io.BytesIO(base64.b64decode(response["images"][0]))).convert("RGB").tobytes()
+    return Image.open(io.BytesIO(base64.b64decode(response["images"][index]))).convert("RGB").tobytes()
 
 
 class Server:
@@ -139,6 +150,8 @@ def running(host: Host, paths: tuple[Path, Path], tmp: Path, ui: bool = False):
         links[1].symlink_to(PROBE, target_is_directory=True)
         port = free_port()
         env = dict(host_env(root), DMD2_PROBE_LOG=str(tmp / "unet_calls.jsonl"))
+        if host.unknown_args_ok:
+            env["IGNORE_CMD_ARGS_ERRORS"] = "1"
         log = tmp / f"{host.name.lower()}.log"
         cmd = [str(python), "launch.py", *([] if ui else ["--nowebui"]), "--api", "--server-name", "127.0.0.1",
                "--port", str(port), "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check",
@@ -179,17 +192,24 @@ def running(host: Host, paths: tuple[Path, Path], tmp: Path, ui: bool = False):
             link.unlink(missing_ok=True)
 
 
-
 def host_fixtures(host: Host, paths_name: str):
-    """The two fixtures a host's conftest.py exports: `<paths_name>` (session: its (checkout, Python), else skipped,
-    saying why) and `server` (module: the host running, see running)."""
+    """The fixtures a host's conftest.py exports: `<paths_name>` and `webui_paths` (session: its (checkout, Python),
+    else skipped, saying why), `webui_host` (the Host) and `server` (module: the host running, see running)."""
     @pytest.fixture(scope="session", name=paths_name)
     def paths():
         return host_paths(host)
+
+    @pytest.fixture(scope="session", name="webui_paths")
+    def webui_paths():
+        return host_paths(host)
+
+    @pytest.fixture(scope="session", name="webui_host")
+    def webui_host():
+        return host
 
     @pytest.fixture(scope="module", name="server")
     def server(request, tmp_path_factory):
         with running(host, request.getfixturevalue(paths_name), tmp_path_factory.mktemp(host.name.lower())) as srv:
             yield srv
 
-    return paths, server
+    return paths, webui_paths, webui_host, server
