@@ -45,6 +45,10 @@ _A1111_REPOS = (_ASSETS, _GENERATIVE_MODELS, _K_DIFFUSION, _BLIP)
 STABLE_DIFFUSION = Source("Stability-AI/stablediffusion", "cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf",
                           "repositories/stable-diffusion-stability-ai")
 
+_FORGE = (Source("lllyasviel/stable-diffusion-webui-forge", "dfdcbab685e57677014f05a3309b48cc87383167"), _ASSETS,
+          Source("lllyasviel/huggingface_guess", "84826248b49bb7ca754c73293299c4d4e23a548d",
+                 "repositories/huggingface_guess"), _BLIP)
+
 HOSTS: dict[str, HostSpec] = {spec.name: spec for spec in (
     HostSpec("comfyui-0.3.64", "comfyui", "ComfyUI v0.3.64",
              (Source("Comfy-Org/ComfyUI", "a125cd84"),), ("tests/comfyui", "tests/browser"), "COMFYUI"),
@@ -53,11 +57,11 @@ HOSTS: dict[str, HostSpec] = {spec.name: spec for spec in (
     HostSpec("a1111-1.10.1", "webui", "A1111 v1.10.1",
              (Source("mamei16/stable-diffusion-webui", "82a973c0"), STABLE_DIFFUSION, *_A1111_REPOS),
              ("tests/a1111",), "A1111"),
-    HostSpec("forge", "webui", "Forge (lllyasviel)",
-             (Source("lllyasviel/stable-diffusion-webui-forge", "dfdcbab685e57677014f05a3309b48cc87383167"), _ASSETS,
-              Source("lllyasviel/huggingface_guess", "84826248b49bb7ca754c73293299c4d4e23a548d",
-                     "repositories/huggingface_guess"), _BLIP),
-             ("tests/forge",), "FORGE"),
+    HostSpec("forge", "webui", "Forge (lllyasviel)", _FORGE, ("tests/forge",), "FORGE"),
+    # Neo's branch cannot be fetched as a tree: its sampler modules (copied from the search tool's index into
+    # <dest>/forge-neo/neo-files, see tests/forge_neo) run inside the Forge build their backend descends from
+    HostSpec("forge-neo", "webui", "Forge Neo (sampler modules in a Forge venv)", _FORGE, ("tests/forge_neo",),
+             "FORGE"),
     HostSpec("reforge", "webui", "reForge",
              (Source("Panchovix/stable-diffusion-webui-reForge", "3b56b268ad9158ee8b30900973b6ccda4ec22241"),
               STABLE_DIFFUSION, *_A1111_REPOS),

@@ -41,6 +41,7 @@ class Recipe:
     replace: tuple[tuple[str, str], ...] = ()  # (regex on a requirement line, replacement line) where a pin can't install
     extra: tuple[str, ...] = ()  # packages its launch would install besides the file
     hf_cache: bool = True  # loads openai/clip-vit-large-patch14's tokenizer through the HF hub (offline cache)
+    built_on: str | None = None  # reuses that host's build (tree and venv) instead of making its own
 
 
 _COMMON_REPLACE = (("^setuptools==.*", SETUPTOOLS), ("^torch$", ""))
@@ -53,7 +54,10 @@ RECIPES = {
                       (*_COMMON_REPLACE, (r"^https://github\.com/Panchovix/pydantic-fixreforge/.*", "pydantic==1.10.15")),
                       ("clip-anytorch",), hf_cache=False),
     "forge-classic": Recipe("requirements.txt", _COMMON_REPLACE, ("clip-anytorch",)),
+    "forge-neo": Recipe("requirements_versions.txt", built_on="forge"),
 }
+#: What tests/forge_neo needs of Neo (the neo branch of Haoming02/sd-webui-forge-classic), in <dest>/neo-files.
+NEO_MODULES = ("sd_samplers.py", "sd_schedulers.py", "sd_samplers_kdiffusion.py", "sd_samplers_cfg_denoiser.py")
 
 
 def shared_dir(dest: Path) -> Path:
@@ -184,9 +188,30 @@ def random_checkpoint(py: Path, shared: Path, mirrors: Path | None) -> Path:
 
 # --- the host -------------------------------------------------------------------------------------------------------
 
+def build_neo(spec: HostSpec, dest: Path, mirrors: Path | None) -> None:
+    """Forge Neo: the Forge build its backend descends from, plus Neo's sampler modules in `<dest>/neo-files`.
+
+    Those cannot be fetched as a tree here; they are read from the search tool's code index (read_file on
+    Haoming02/sd-webui-forge-classic, modules/<file> of the neo branch) and saved there by hand, with a SOURCES.md
+    naming each file's commit.
+    """
+    from .specs import HOSTS
+    base = HOSTS[RECIPES[spec.name].built_on]
+    build(base, dest.parent / base.name, mirrors)
+    files = dest / "neo-files"
+    missing = [m for m in NEO_MODULES if not (files / "modules" / m).is_file()]
+    if missing:
+        raise SystemExit(f"[hosts] {spec.name}: put Forge Neo's modules/{', modules/'.join(missing)} (neo branch of "
+                         f"Haoming02/sd-webui-forge-classic) into {files}/modules and build again")
+    env = dict(common.read_record(dest.parent / base.name)["env"], FORGE_NEO_FILES=str(files))
+    common.write_record(spec, dest, {"": spec.commit, "neo-files": "see neo-files/SOURCES.md"}, env)
+
+
 def build(spec: HostSpec, dest: Path, mirrors: Path | None) -> None:
     """Build host `spec` into `dest` (webui/, venv/, host.json); safe to run again."""
     recipe = RECIPES[spec.name]
+    if recipe.built_on:
+        return build_neo(spec, dest, mirrors)
     root = dest / "webui"
     commits = {}
     for source in spec.sources:
