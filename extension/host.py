@@ -42,13 +42,16 @@ class HostCapabilities:
 
     def describe(self, where: str) -> str:
         """The line logged at start: host, the internals found and the path DMD2 takes through them."""
-        return (f"DMD2: host {self.name} ({where}); sampler via "
-                f"{'sd_samplers.add_sampler' if self.add_sampler else 'all_samplers + set_samplers'}"
-                f"{', lookup cache cleared' if self.cached_lookup else ''}; "
-                f"schedule: {'DMD2 scheduler in sd_schedulers' if self.schedulers else 'carried by the DMD2 sampler (no sd_schedulers)'}; "
-                f"CFG: {'host denoiser kept (skips uncond at CFG 1)' if self.keep_host_cfg else 'DMD2 denoiser (one UNet pass at CFG 1)'}; "
-                f"UNet timesteps: {'integer' if self.integer_timesteps else 'interpolated'}; "
-                f"noise: {'p.rng (the stream the host hijacks into ' + self.hijacked + ')' if self.image_rng else self.hijacked + ' (the host hijacks it)'}; "
+        register = "sd_samplers.add_sampler" if self.add_sampler else "all_samplers + set_samplers"
+        schedule = ("DMD2 scheduler in sd_schedulers" if self.schedulers
+                    else "carried by the DMD2 sampler (no sd_schedulers)")
+        cfg = ("host denoiser kept (skips uncond at CFG 1)" if self.keep_host_cfg
+               else "DMD2 denoiser (one UNet pass at CFG 1)")
+        noise = (f"p.rng (the stream the host hijacks into {self.hijacked})" if self.image_rng
+                 else f"{self.hijacked} (the host hijacks it)")
+        return (f"DMD2: host {self.name} ({where}); sampler via {register}"
+                f"{', lookup cache cleared' if self.cached_lookup else ''}; schedule: {schedule}; CFG: {cfg}; "
+                f"UNet timesteps: {'integer' if self.integer_timesteps else 'interpolated'}; noise: {noise}; "
                 f"first noise: {self.first_noise}")
 
 

@@ -1,10 +1,11 @@
 """Write an SD1.5 checkpoint with random weights in LDM layout, as A1111-family hosts load it (fp16 safetensors).
 
-`python random_sd15.py STABLEDIFFUSION_TREE OUT.safetensors`, run by a host venv's Python (torch, einops, transformers). The module layout comes from the real code, not from a key list: the UNet and the VAE's encoder /
+`python random_sd15.py STABLEDIFFUSION_TREE OUT.safetensors`, run by a host venv's Python (torch, einops,
+transformers). The module layout comes from the real code, not from a key list: the UNet and the VAE's encoder /
 decoder from Stability-AI/stablediffusion's ldm package built with SD1.5's parameters (A1111's
 configs/v1-inference.yaml, below), the text encoder from transformers' CLIPTextModel with CLIP ViT-L/14's text
-configuration. Weights are
-PyTorch's default initialisation under a fixed seed: the tests check timesteps, noise and call counts, not pictures.
+configuration. Weights are PyTorch's default initialisation under a fixed seed: the tests check timesteps, noise and
+call counts, not pictures.
 """
 
 import sys

@@ -30,6 +30,7 @@ from .specs import STABLE_DIFFUSION, HostSpec, Source
 
 HERE = Path(__file__).resolve().parent
 #: A1111's pin (69.5.1) cannot build with torch 2.13 (needs >= 77); pytorch_lightning 1.9.4 needs pkg_resources (< 81).
+#: Every host venv gets it, pinned in its requirements or not (Forge Classic lists none and ends up with 81+).
 SETUPTOOLS = "setuptools>=77.0.3,<81"
 
 
@@ -38,10 +39,11 @@ class Recipe:
     """How one host's venv is made from its own requirements file."""
 
     requirements: str  # the host's pinned requirements file
-    replace: tuple[tuple[str, str], ...] = ()  # (regex on a requirement line, replacement line) where a pin can't install
+    replace: tuple[tuple[str, str], ...] = ()  # (regex on a requirement line, its replacement): pins that can't install
     extra: tuple[str, ...] = ()  # packages its launch would install besides the file
     hf_cache: bool = True  # loads openai/clip-vit-large-patch14's tokenizer through the HF hub (offline cache)
     built_on: str | None = None  # reuses that host's build (tree and venv) instead of making its own
+    settings: tuple[tuple[str, object], ...] = ()  # web UI settings the host needs here, put into its config.json
 
 
 _COMMON_REPLACE = (("^setuptools==.*", SETUPTOOLS), ("^torch$", ""))
@@ -50,9 +52,11 @@ RECIPES = {
     "a1111-1.10.1": Recipe("requirements_versions.txt", _COMMON_REPLACE, ("clip-anytorch",)),
     "forge": Recipe("requirements_versions.txt", _COMMON_REPLACE, ("clip-anytorch",), hf_cache=False),
     # reForge pins pydantic as a GitHub release wheel ("pydantic-fixreforge", 1.10.15 repacked): PyPI's 1.10.15
-    "reforge": Recipe("requirements_versions.txt",
-                      (*_COMMON_REPLACE, (r"^https://github\.com/Panchovix/pydantic-fixreforge/.*", "pydantic==1.10.15")),
-                      ("clip-anytorch",), hf_cache=False),
+    "reforge": Recipe("requirements_versions.txt", (*_COMMON_REPLACE, (
+        r"^https://github\.com/Panchovix/pydantic-fixreforge/.*", "pydantic==1.10.15")), ("clip-anytorch",),
+        hf_cache=False,
+        # it ships no SD1.5 VAE-approx model, and its live previews would download one at every txt2img
+        settings=(("live_previews_enable", False),)),
     "forge-classic": Recipe("requirements.txt", _COMMON_REPLACE, ("clip-anytorch",)),
     "forge-neo": Recipe("requirements_versions.txt", built_on="forge"),
 }
@@ -141,6 +145,8 @@ def requirement_lines(text: str, recipe: Recipe) -> list[str]:
                 line = replacement
         if line:
             out.append(line)
+    if not any(line.startswith("setuptools") for line in out):  # torch's needs, pkg_resources for pytorch_lightning
+        out.append(SETUPTOOLS)
     return out + list(recipe.extra)
 
 
@@ -217,6 +223,10 @@ def build(spec: HostSpec, dest: Path, mirrors: Path | None) -> None:
     for source in spec.sources:
         commits[source.path] = tree(source, root / source.path if source.path else root, mirrors)
     py = venv(root, dest / "venv", recipe)
+    if recipe.settings:
+        config = root / "config.json"
+        values = json.loads(config.read_text()) if config.is_file() else {}
+        config.write_text(json.dumps({**values, **dict(recipe.settings)}, indent=4))
     shared = shared_dir(dest)
     shared.mkdir(parents=True, exist_ok=True)
     env = {f"{spec.env}_PATH": str(root), f"{spec.env}_PYTHON": str(py),
