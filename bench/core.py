@@ -10,7 +10,7 @@ import torch
 
 from sampler import sample_dmd2, sigmas_for_timesteps, timesteps_for
 from sampler.denoiser import DiffusersDenoiser
-from sampler.tiny import tiny_sd15_unet
+from sampler.models.tiny import tiny_sd15_unet
 
 from .timing import best_times
 

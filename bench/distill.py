@@ -55,7 +55,7 @@ def iteration_seconds(trainer: DistillTrainer, iterations: int = 2) -> float:
 def cpu_rows() -> list[tuple[str, str, str]]:
     from accelerate import Accelerator
 
-    from sampler.tiny import tiny_sd15_unet
+    from sampler.models.tiny import tiny_sd15_unet
 
     config = DistillConfig(trained_timesteps=(999, 749, 499, 249), guidance_scale=2.0, batch_size=2, ttur=TTUR,
                            lora_rank=4)

@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 
 from sampler import timesteps_for
-from sampler.fast import FastPath, apply_fast_path
-from sampler.live import LiveSession
-from sampler.pipeline import apply_dmd2_weights, generate_latents, sdxl_conditioning
-from sampler.taesd import tiny_decoder
-from sampler.tiny import dmd2_format_lora, tiny_sdxl_pipeline
+from sampler.app.fast import FastPath, apply_fast_path
+from sampler.app.live import LiveSession
+from sampler.app.pipeline import apply_dmd2_weights, generate_latents, sdxl_conditioning
+from sampler.app.taesd import tiny_decoder
+from sampler.models.tiny import dmd2_format_lora, tiny_sdxl_pipeline
 
 from .timing import best_times
 
@@ -30,14 +30,14 @@ def lora_rows(tmp: Path) -> list[tuple[str, str, str]]:
     """Per-step UNet time with the DMD2 LoRA applied at run time (peft layers) vs fused into the weights."""
     from safetensors.torch import save_file
 
-    from sampler.checkpoints import inspect_file
+    from sampler.models.checkpoints import inspect_file
 
     unfused, fused = tiny_sdxl_pipeline(tmp / "a"), tiny_sdxl_pipeline(tmp / "b")
     path = tmp / "lora.safetensors"
     save_file(dmd2_format_lora(unfused.unet, rank=64), path)
     fused_info = inspect_file(path)
     apply_dmd2_weights(fused, path, fused_info)
-    from sampler.checkpoints import load_state_dict
+    from sampler.models.files import load_state_dict
 
     unfused.load_lora_weights(load_state_dict(path), adapter_name="dmd2")  # A1111 / runtime style: not fused
     cond = sdxl_conditioning(fused, ["a cat"], SIZE, SIZE)
@@ -72,7 +72,7 @@ def switch_rows(tmp: Path) -> list[tuple[str, str, str]]:
 
 def dtype_and_compile_rows(pipe, cond, fp32_step: float) -> list[tuple[str, str, str]]:
     """bf16 weights vs fp32, and torch.compile: its one-off cost and the per-step time after it (CPU)."""
-    from sampler.fast import compile_and_warm
+    from sampler.app.fast import compile_and_warm
 
     def step():
         return generate_latents(pipe.unet, cond, (999,), [0], SIZE, SIZE, progress=False)

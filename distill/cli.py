@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from sampler.cli import run_command
+from sampler.app.cli import run_command
 from sampler.errors import DMD2Error
 from sampler.plans import TRAINED_TIMESTEPS
 
@@ -131,7 +131,7 @@ def add_shapes_proof_subcommand(subparsers) -> None:
     p.add_argument("--only", nargs="+", metavar="RUN",
                    help="train only these students (names as in the table), e.g. to split the runs over processes")
     p.add_argument("--ship", action="store_true",
-                   help="copy the 4-step student to sampler/embedded/, the command line's offline default model")
+                   help="copy the 4-step student to sampler/shapes/embedded/, the command line's offline default model")
     p.set_defaults(func=run_shapes_proof)
 
 

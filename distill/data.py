@@ -63,7 +63,7 @@ class PipelineData:
 
     @torch.no_grad()
     def _encode_one(self, prompt: str) -> dict[str, torch.Tensor]:
-        from sampler.pipeline import sdxl_conditioning
+        from sampler.app.pipeline import sdxl_conditioning
 
         if self.is_sdxl:
             cond = sdxl_conditioning(self.pipe, [prompt], self.size, self.size)

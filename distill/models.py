@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from sampler.denoiser import DiffusersDenoiser
-from sampler.tiny import DMD2_LORA_TARGETS
+from sampler.models.convert import DMD2_LORA_TARGETS
 
 
 def concat_cond(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..sampler.catalog import load_catalog
-from ..sampler.checkpoints import (TRAINED_TIMESTEPS_KEY, is_pickle_file, read_safetensors_header,
-                                   timesteps_from_metadata)
+from ..sampler.models.catalog import load_catalog
 from ..sampler.errors import DMD2Error
+from ..sampler.models.checkpoints import TRAINED_TIMESTEPS_KEY, timesteps_from_metadata
+from ..sampler.models.files import is_pickle_file, read_safetensors_header
 from ..sampler.plans import TRAINED_TIMESTEPS
 
 log = logging.getLogger("dmd2")

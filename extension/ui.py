@@ -1,4 +1,4 @@
-"""The "DMD2" tab of A1111 / Forge: the merge tool (sampler.convert.merge_checkpoint) behind a button.
+"""The "DMD2" tab of A1111 / Forge: the merge tool (sampler.models.convert.merge_checkpoint) behind a button.
 
 A1111 cannot load DMD2's diffusers UNet, and a DMD2 LoRA applied at run time costs time on every generation
 (A1111 issue 16633); both become an ordinary checkpoint here, written to the host's Stable-diffusion folder.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..sampler.catalog import check_filename
-from ..sampler.convert import merge_checkpoint
+from ..sampler.models.catalog import check_filename
+from ..sampler.models.convert import merge_checkpoint
 from ..sampler.errors import DMD2Error
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

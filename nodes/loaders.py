@@ -6,9 +6,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..sampler.catalog import load_catalog
-from ..sampler.checkpoints import FileInfo, check_compatible, inspect_file, is_pickle_file, load_state_dict
-from ..sampler.checkpoints import resolve_model
+from ..sampler.models.catalog import load_catalog
+from ..sampler.models.checkpoints import FileInfo, check_compatible, inspect_file
+from ..sampler.models.files import is_pickle_file, load_state_dict
+from ..sampler.models.checkpoints import resolve_model
 from ..sampler.errors import DMD2Error
 from ..sampler.plans import DEFAULT_TRAINED, TRAINED_TIMESTEPS
 from . import host

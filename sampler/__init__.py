@@ -1,7 +1,10 @@
 """Host-free DMD2 core: schedule math, trained-timestep plans and the DMD2 sampler (torch only).
 
 ComfyUI (`nodes/`), A1111 / Forge (`extension/`) and the command line (`python -m sampler`) all call this package,
-so a fix here reaches every host.
+so a fix here reaches every host. The core is the modules here: `schedule.py`, `plans.py`, `sampling.py`,
+`noise.py`, `denoiser.py`, `errors.py`. Beside it, each in its own sub-package and importing the core, never the
+other way round: `models/` (catalog, downloads, weight files, conversion), `app/` (the standalone command line,
+pipeline, live mode) and `shapes/` (the offline shapes world and its embedded DMD2 student).
 """
 
 from .noise import SeededNoise, batch_seeds

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sampler.tiny import tiny_sd15_unet, tiny_sdxl_unet
+from sampler.models.tiny import tiny_sd15_unet, tiny_sdxl_unet
 
 
 @pytest.fixture(scope="session")

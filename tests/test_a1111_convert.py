@@ -1,4 +1,4 @@
-"""sampler.convert: diffusers -> LDM UNet key map, checkpoint merge (incl. LoRA fusing), LoRA key conversion."""
+"""sampler.models.convert: diffusers -> LDM UNet key map, checkpoint merge (incl. LoRA fusing), LoRA key conversion."""
 
 import json
 
@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sampler import cli
-from sampler.convert import (LAYOUTS, ConversionError, TensorSource, convert_lora_to_ldm_names, kohya_unet_name_map,
-                             layout_from_keys, merge_checkpoint, unet_key_map, write_safetensors)
+from sampler.app import cli
+from sampler.models.convert import (LAYOUTS, ConversionError, convert_lora_to_ldm_names, kohya_unet_name_map,
+                                    layout_from_keys, merge_checkpoint, unet_key_map)
+from sampler.models.files import TensorSource, write_safetensors
 
 SDXL_CONFIG = dict(
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
@@ -137,7 +138,8 @@ def test_merge_replaces_every_unet_tensor_and_stamps_the_plan(tiny_files, tmp_pa
     for k, v in mapping.items():
         torch.testing.assert_close(merged["model.diffusion_model." + v], sd[k].half())
     assert merged["first_stage_model.decoder.conv_in.weight"].dtype == torch.float16
-    from sampler.checkpoints import inspect_file, read_safetensors_header
+    from sampler.models.checkpoints import inspect_file
+    from sampler.models.files import read_safetensors_header
     assert read_safetensors_header(out)["__metadata__"]["dmd2_plan"] == "sdxl_4step"
     assert inspect_file(out).kind == "checkpoint"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from sampler.catalog import Catalog, Entry, load_catalog
+from sampler.models.catalog import Catalog, Entry, load_catalog
 from sampler.errors import CatalogError, UnknownModelError
 from sampler.plans import TRAINED_TIMESTEPS
 

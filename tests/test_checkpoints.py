@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sampler.catalog import Catalog, load_catalog
-from sampler.tiny import dmd2_format_lora
-from sampler.checkpoints import (check_compatible, convert_to_safetensors, inspect_file, inspect_state_dict,
+from sampler.models.catalog import Catalog, load_catalog
+from sampler.models.tiny import dmd2_format_lora
+from sampler.models.checkpoints import (check_compatible, convert_to_safetensors, inspect_file, inspect_state_dict,
                                  load_state_dict, resolve_model)
 from sampler.errors import (BaseMismatchError, CorruptFileError, ModelNotFoundError, UnknownModelError,
                             UnsafeFileError, WrongKindError)

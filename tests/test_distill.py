@@ -12,9 +12,10 @@ from distill import losses
 from distill.export import export_lora, export_unet, kohya_lora_state_dict, merged_unet
 from distill.models import build_generator, guided_x0, predict_x0
 from distill.trainer import DistillConfig, DistillTrainer
-from sampler.checkpoints import TRAINED_TIMESTEPS_KEY, inspect_file, load_state_dict
+from sampler.models.checkpoints import TRAINED_TIMESTEPS_KEY, inspect_file
+from sampler.models.files import load_state_dict
 from sampler.errors import DMD2Error
-from sampler.tiny import tiny_sd15_unet
+from sampler.models.tiny import tiny_sd15_unet
 
 # --- losses -----------------------------------------------------------------------------------------------------
 
@@ -299,8 +300,8 @@ def test_train_command_distils_a_diffusers_pipeline_and_resumes(tmp_path):
     """`python -m distill train` on a (tiny) SDXL pipeline folder: trains, checkpoints, exports a LoRA our loaders
     and the standalone pipeline apply, and a rerun with more steps resumes from the checkpoint."""
     from distill.cli import main
-    from sampler.pipeline import apply_dmd2_weights, generate_latents, sdxl_conditioning
-    from sampler.tiny import tiny_sdxl_pipeline
+    from sampler.app.pipeline import apply_dmd2_weights, generate_latents, sdxl_conditioning
+    from sampler.models.tiny import tiny_sdxl_pipeline
 
     tiny_sdxl_pipeline(tmp_path / "tok").save_pretrained(tmp_path / "teacher")
     (tmp_path / "prompts.txt").write_text("# training prompts\nabc\n\nxyz\n")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants as hf_constants
 
-from sampler.catalog import load_catalog
-from sampler.download import STAGING, fetch_entry, verify_file
+from sampler.models.catalog import load_catalog
+from sampler.models.download import STAGING, fetch_entry, verify_file
 from sampler.errors import ChecksumError, DiskSpaceError, DownloadError, OfflineError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -205,14 +205,14 @@ def test_no_network_at_import():
     code = ("import socket\n"
             "def refuse(*a, **k): raise AssertionError('network at import')\n"
             "socket.socket.connect = refuse; socket.create_connection = refuse; socket.getaddrinfo = refuse\n"
-            "import sampler.catalog, sampler.download, sampler.checkpoints, sampler.models_cli\n")
+            "import sampler.models.catalog, sampler.models.download, sampler.models.checkpoints, sampler.models.cli\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
 
 
 def run_cli(*argv: str) -> int:
     import argparse
 
-    from sampler.models_cli import add_models_subcommand
+    from sampler.models.cli import add_models_subcommand
 
     parser = argparse.ArgumentParser()
     add_models_subcommand(parser.add_subparsers(dest="command", required=True))
@@ -223,8 +223,8 @@ def run_cli(*argv: str) -> int:
 def test_one_command_from_nothing_to_every_dmd2_file_verified(hub, tmp_path, monkeypatch, capsys):
     import functools
 
-    import sampler.models_cli as cli
-    from sampler.catalog import Catalog
+    import sampler.models.cli as cli
+    from sampler.models.catalog import Catalog
 
     lora_bytes = os.urandom(1000)
     lora = replace(load_catalog().get("dmd2-sdxl-4step-lora-fp32"), sha256=hashlib.sha256(lora_bytes).hexdigest(),

@@ -6,10 +6,10 @@ from safetensors.torch import save_file
 
 from sampler import TRAINED_TIMESTEPS
 from sampler.errors import WrongKindError
-from sampler.live import LiveSession, PromptCache, run_live_loop
-from sampler.pipeline import decode_to_images, generate_latents, sdxl_conditioning, to_pil_images
-from sampler.taesd import decode_tiny, load_tiny_decoder, tiny_decoder
-from sampler.tiny import randomize_, tiny_sdxl_pipeline
+from sampler.app.live import LiveSession, PromptCache, run_live_loop
+from sampler.app.pipeline import decode_to_images, generate_latents, sdxl_conditioning, to_pil_images
+from sampler.app.taesd import decode_tiny, load_tiny_decoder, tiny_decoder
+from sampler.models.tiny import randomize_, tiny_sdxl_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_live_loop_benchmark_summary(pipe, tmp_path, capsys):
 
 def test_fast_path_keeps_frames_identical(pipe):
     """channels_last and the explicit SDPA processor change kernels, not results."""
-    from sampler.fast import FastPath, apply_fast_path
+    from sampler.app.fast import FastPath, apply_fast_path
 
     session = LiveSession(pipe, (999,), 64, 64, randomize_(tiny_decoder(), scale=0.05))
     before = generate_latents(pipe.unet, sdxl_conditioning(pipe, ["a cat"], 64, 64), (999,), [1], 64, 64,
@@ -85,7 +85,7 @@ def test_fast_path_keeps_frames_identical(pipe):
 
 
 def test_compile_cost_is_reported_once():
-    from sampler.fast import compile_and_warm
+    from sampler.app.fast import compile_and_warm
 
     module = torch.nn.Linear(4, 4)
     calls = []

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from sampler import TRAINED_TIMESTEPS
-from sampler.memory import (FULL, GIB, MARGIN_BYTES, MODEL_OFFLOAD, SEQUENTIAL_OFFLOAD, TILE_PIXELS,
+from sampler.app.memory import (FULL, GIB, MARGIN_BYTES, MODEL_OFFLOAD, SEQUENTIAL_OFFLOAD, TILE_PIXELS,
                             UNET_FP16_BYTES, UNET_WORKING_BYTES, MemoryPlan, apply_memory_plan, bytes_needed,
                             plan_memory, run_with_oom_fallback, stronger_plan)
-from sampler.pipeline import decode_to_images, execution_device, generate_latents, sdxl_conditioning
-from sampler.tiny import tiny_sdxl_pipeline
+from sampler.app.pipeline import decode_to_images, execution_device, generate_latents, sdxl_conditioning
+from sampler.models.tiny import tiny_sdxl_pipeline
 
 SIZE = 64
 EIGHT_GB_CARD = (int(7.6 * GIB), 8 * GIB)  # an 8 GB card with a desktop: ~7.6 GiB free once CUDA is up
@@ -209,7 +209,7 @@ def test_oom_retry_reruns_generation_offloaded(tmp_path):
 
 def test_cli_says_when_it_offloads(tmp_path, monkeypatch, capsys):
     """`generate --device cuda:0` on an 8 GB card announces model offload and hands the plan to the loader."""
-    from sampler import cli, pipeline
+    from sampler.app import cli, pipeline
 
     loaded = {}
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sampler import TRAINED_TIMESTEPS, timesteps_for
-from sampler.pipeline import decode_to_images, generate_latents, pick_device_and_dtype, save_images, sdxl_conditioning
-from sampler.tiny import tiny_sdxl_pipeline
+from sampler.app.pipeline import decode_to_images, generate_latents, pick_device_and_dtype, save_images, sdxl_conditioning
+from sampler.models.tiny import tiny_sdxl_pipeline
 
 SIZE = 64
 
@@ -73,9 +73,9 @@ def test_dmd2_lora_fuses_into_every_targeted_module(tmp_path):
     """The standalone path fuses a LoRA in DMD2's key format fully: W += strength * alpha / rank * up @ down."""
     from safetensors.torch import save_file
 
-    from sampler.checkpoints import inspect_file
-    from sampler.pipeline import apply_dmd2_weights
-    from sampler.tiny import dmd2_format_lora
+    from sampler.models.checkpoints import inspect_file
+    from sampler.app.pipeline import apply_dmd2_weights
+    from sampler.models.tiny import dmd2_format_lora
 
     pipe = tiny_sdxl_pipeline(tmp_path)
     lora = dmd2_format_lora(pipe.unet, rank=4, alpha=2.0)
@@ -97,7 +97,7 @@ def test_dmd2_lora_fuses_into_every_targeted_module(tmp_path):
 
 def test_cli_generate_writes_images(tmp_path, monkeypatch, capsys):
     """`python -m sampler generate` end to end on the tiny SDXL pipeline (loading is the only stand-in)."""
-    from sampler import cli, pipeline
+    from sampler.app import cli, pipeline
 
     monkeypatch.setattr(pipeline, "load_dmd2_sdxl",
                         lambda *a, **k: (tiny_sdxl_pipeline(tmp_path), TRAINED_TIMESTEPS["sdxl_1step"]))

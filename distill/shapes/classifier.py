@@ -93,7 +93,7 @@ def predict(model: ShapesClassifier, images: torch.Tensor) -> list[str]:
 
 def save_classifier(model: ShapesClassifier, path: Path | str) -> Path:
     """Write the weights to a safetensors file, atomically."""
-    from sampler.convert import TensorSource, write_safetensors
+    from sampler.models.files import TensorSource, write_safetensors
 
     tensors = {k: TensorSource(v.dtype, tuple(v.shape), lambda v=v: v) for k, v in model.state_dict().items()}
     return write_safetensors(path, tensors, {"format": "pt", "dmd2_kind": "dmd2-shapes-classifier"})
@@ -101,7 +101,7 @@ def save_classifier(model: ShapesClassifier, path: Path | str) -> Path:
 
 def load_classifier(path: Path | str) -> ShapesClassifier:
     """A classifier saved by `save_classifier`, in eval mode."""
-    from sampler.checkpoints import load_state_dict
+    from sampler.models.files import load_state_dict
 
     model = ShapesClassifier()
     model.load_state_dict(load_state_dict(path))

@@ -32,7 +32,7 @@ from .sampling import seeded_noise, teacher_sample
 GUIDANCE = 2.0
 REGRESSION_PAIRS = 256
 REGRESSION_SEED = 2_000_000
-#: The shipped student: the command line's offline default (sampler/embedded/).
+#: The shipped student: the command line's offline default (sampler/shapes/embedded/).
 SHIPPED_RUN = "DMD2 4-step"
 
 

@@ -24,8 +24,8 @@ def test_merged_checkpoint_loads_in_a1111_and_reproduces_its_unet_exactly(server
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from sampler.checkpoints import inspect_file
-    from sampler.convert import merge_checkpoint
+    from sampler.models.checkpoints import inspect_file
+    from sampler.models.convert import merge_checkpoint
 
     root, _ = a1111
     base = checkpoint(A1111, root)

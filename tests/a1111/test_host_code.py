@@ -2,7 +2,7 @@
 
 import pytest
 
-from sampler.convert import convert_lora_to_ldm_names, unet_key_map
+from sampler.models.convert import convert_lora_to_ldm_names, unet_key_map
 from tests.a1111.conftest import run_host_probe
 from tests.test_a1111_convert import SDXL_CONFIG, meta_unet_shapes
 

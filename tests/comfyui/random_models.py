@@ -73,14 +73,14 @@ def build(root: Path | None = None) -> dict[str, Path]:
 
 
 def sd15_dmd2_lora(rank: int = 4) -> dict[str, torch.Tensor]:
-    """A LoRA in DMD2's exact kohya key format (sampler.tiny.dmd2_format_lora) over the SD1.5 diffusers UNet above;
+    """A LoRA in DMD2's exact kohya key format (sampler.models.tiny.dmd2_format_lora) over the SD1.5 diffusers UNet above;
     the UNet is built on the meta device (module shapes only, no weights). Values ~0.05 so the update is visible."""
     import sys
 
     from diffusers import UNet2DConditionModel
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from sampler.tiny import dmd2_format_lora
+    from sampler.models.tiny import dmd2_format_lora
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SD15_UNET_CONFIG)

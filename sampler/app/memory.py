@@ -19,8 +19,6 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from .pipeline import VAE_DOWNSCALE
-
 T = TypeVar("T")
 
 FULL, MODEL_OFFLOAD, SEQUENTIAL_OFFLOAD = "full", "model_offload", "sequential_offload"
@@ -211,4 +209,4 @@ def apply_memory_plan(pipe: Any, plan: MemoryPlan, device: torch.device) -> None
     if plan.vae_tiling:
         pipe.vae.enable_tiling()
         pipe.vae.enable_slicing()
-        pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = TILE_PIXELS, TILE_PIXELS // VAE_DOWNSCALE
+        pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = TILE_PIXELS, TILE_PIXELS // pipe.vae_scale_factor

@@ -13,6 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import WrongKindError
+from ..models.files import load_state_dict
+
 WIDTH = 64
 
 
@@ -50,10 +53,7 @@ def tiny_decoder(latent_channels: int = 4) -> nn.Sequential:
 
 def load_tiny_decoder(path: Path | str, device: torch.device | str = "cpu",
                       dtype: torch.dtype = torch.float32) -> nn.Sequential:
-    """A tiny decoder with the weights of a taesd(xl)_decoder file (loaded safely, see checkpoints.load_state_dict)."""
-    from .checkpoints import load_state_dict
-    from .errors import WrongKindError
-
+    """A tiny decoder with the weights of a taesd(xl)_decoder file (loaded safely, see files.load_state_dict)."""
     decoder = tiny_decoder()
     try:
         decoder.load_state_dict(load_state_dict(path))

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import CatalogError, UnknownModelError
-from .plans import TRAINED_TIMESTEPS
+from ..errors import CatalogError, UnknownModelError
+from ..plans import TRAINED_TIMESTEPS
+from .files import PICKLE_SUFFIXES
 
 #: models.json at the pack root (the parent of this package), where ComfyUI-Manager and A1111 check the pack out.
-DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "models.json"
+DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "models.json"
 
 KINDS = ("unet", "lora", "checkpoint", "vae", "taesd")
 BASES = ("sdxl", "sd15")
@@ -25,7 +26,6 @@ DTYPES = ("fp16", "bf16", "fp32")
 COMFYUI_FOLDERS = ("diffusion_models", "loras", "checkpoints", "vae", "vae_approx")
 A1111_FOLDERS = ("Stable-diffusion", "Lora", "VAE", "VAE-approx")
 #: Suffixes of pickle files: loaded only with torch.load(weights_only=True) and converted to .safetensors once.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 _ID = re.compile(r"[a-z0-9][a-z0-9.-]{0,63}")
 _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")

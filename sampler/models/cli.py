@@ -1,4 +1,4 @@
-"""`python -m sampler models list|download|verify|where`: the catalog on the command line.
+"""The model-file commands of `python -m sampler`: `models list|download|verify|where`, `merge`, `convert-lora`.
 
 `download --all-dmd2` takes a user from nothing to every released DMD2 file verified on disk in one command. Files go
 to <models dir>/<ComfyUI folder name>/ (diffusion_models, loras, checkpoints, vae, vae_approx), so the models dir can
@@ -11,12 +11,15 @@ import argparse
 import functools
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+import torch
+
+from ..errors import DMD2Error
 from .catalog import Catalog, Entry, load_catalog
+from .convert import LAYOUTS, convert_lora_file, merge_checkpoint
 from .download import (STAGING, cached_sha256, default_models_dir, fetch_entry, target_path, tqdm_progress,
                        verify_file)
-from .errors import DMD2Error
 
 _A1111_MISSING = {
     "unet": ("A1111 cannot load a UNet-only diffusers file: merge it into an SDXL checkpoint with "
@@ -178,4 +181,54 @@ def _where(args: argparse.Namespace) -> int:
         else:
             print(f"  A1111:   not used ({_A1111_MISSING[entry.kind]})")
         print(f"  here:    {_path(entry, models_dir)}")
+    return 0
+
+
+# --- merge and convert-lora (A1111 / Forge want LDM layout) ---------------------------------------------------------
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def add_convert_subcommands(subparsers: Any) -> None:
+    """`merge` and `convert-lora` subcommands (each sets func(args) -> int)."""
+    merge = subparsers.add_parser(
+        "merge", help="write a full A1111 / Forge checkpoint: SDXL base + DMD2 UNet and/or fused DMD2 LoRA")
+    merge.add_argument("--base", required=True, help="full LDM checkpoint, e.g. sd_xl_base_1.0.safetensors")
+    merge.add_argument("--unet", help="DMD2 UNet in diffusers format (.safetensors or .bin)")
+    merge.add_argument("--lora", help="DMD2 LoRA to fuse into the UNet weights")
+    merge.add_argument("--lora-strength", type=float, default=1.0)
+    merge.add_argument("--dtype", choices=sorted(_DTYPES), help="cast floating-point tensors (default: keep)")
+    merge.add_argument("--plan", help="stamp this plan (sdxl_4step, sdxl_1step, sd15_1step) instead of detecting it")
+    merge.add_argument("--output", "-o", required=True, help="the .safetensors checkpoint to write")
+    merge.set_defaults(func=_merge)
+    lora = subparsers.add_parser("convert-lora", help="rename a DMD2 LoRA's keys to LDM names A1111 maps fully")
+    lora.add_argument("src")
+    lora.add_argument("dest")
+    lora.add_argument("--base", default="sdxl", choices=sorted(LAYOUTS))
+    lora.set_defaults(func=_convert_lora)
+
+
+def _bar() -> Callable[[int, int], None]:
+    from tqdm.auto import tqdm
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="tensor")
+        bar.update(1)
+        if done == total:
+            bar.close()
+    return update
+
+
+def _merge(args: Any) -> int:
+    path = merge_checkpoint(args.base, args.output, unet=args.unet, lora=args.lora, lora_strength=args.lora_strength,
+                            dtype=_DTYPES.get(args.dtype), plan=args.plan, progress=_bar())
+    print(f"wrote {path}")
+    return 0
+
+
+def _convert_lora(args: Any) -> int:
+    print(f"wrote {convert_lora_file(args.src, args.dest, args.base)}")
     return 0

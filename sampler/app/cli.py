@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from .errors import DMD2Error
+from ..errors import DMD2Error
 
 if TYPE_CHECKING:
     import torch
@@ -67,12 +67,12 @@ def plan_memory_for(args: argparse.Namespace, device: torch.device, dtype: torch
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from .download import default_models_dir, tqdm_progress
+    from ..models.download import default_models_dir, tqdm_progress
     from .memory import apply_memory_plan, run_with_oom_fallback
     from .pipeline import (DEFAULT_MODEL_ID, decode_to_images, execution_device, generate_latents, load_dmd2_sdxl,
                            pick_device_and_dtype, save_images, sdxl_conditioning)
-    from .noise import batch_seeds
-    from .plans import timesteps_for
+    from ..noise import batch_seeds
+    from ..plans import timesteps_for
 
     if args.batch < 1:
         raise DMD2Error(f"--batch must be >= 1, got {args.batch}")
@@ -116,8 +116,8 @@ EMBEDDED_NOTE = ("1.4 MB DMD2 4-step generator of 32x32 coloured shapes distille
 
 def missing_default_files(models_dir: Path) -> list[str]:
     """File names of the default SDXL model (SDXL base + the DMD2 LoRA) not yet in `models_dir`."""
-    from .catalog import load_catalog
-    from .download import target_path
+    from ..models.catalog import load_catalog
+    from ..models.download import target_path
     from .pipeline import DEFAULT_MODEL_ID, SDXL_BASE_ID
 
     catalog = load_catalog()
@@ -130,8 +130,8 @@ def run_shapes_generate(args: argparse.Namespace) -> int:
     import time
 
     from .pipeline import save_images
-    from .plans import timesteps_for
-    from .shapes import EMBEDDED_MODEL, SHAPES, COLOURS, generate_shapes, image_grid, load_shapes_model
+    from ..plans import timesteps_for
+    from ..shapes import EMBEDDED_MODEL, SHAPES, COLOURS, generate_shapes, image_grid, load_shapes_model
 
     model = load_shapes_model(EMBEDDED_MODEL)
     prompts = [p for p in args.prompt for _ in range(args.batch)]
@@ -180,13 +180,13 @@ def add_live_subcommand(subparsers) -> argparse.ArgumentParser:
 
 
 def run_live(args: argparse.Namespace) -> int:
-    from .checkpoints import resolve_model
-    from .download import default_models_dir, tqdm_progress
+    from ..models.checkpoints import resolve_model
+    from ..models.download import default_models_dir, tqdm_progress
     from .fast import FastPath, apply_fast_path, compile_and_warm
     from .live import LiveSession, run_live_loop
     from .memory import FULL, apply_memory_plan, run_with_oom_fallback
     from .pipeline import load_dmd2_sdxl, pick_device_and_dtype
-    from .plans import timesteps_for
+    from ..plans import timesteps_for
     from .taesd import load_tiny_decoder
 
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
@@ -222,8 +222,7 @@ def run_live(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .convert import add_convert_subcommands
-    from .models_cli import add_models_subcommand
+    from ..models.cli import add_convert_subcommands, add_models_subcommand
 
     parser = argparse.ArgumentParser(prog="python -m sampler", description="DMD2 sampling without a host.")
     subparsers = parser.add_subparsers(dest="command", required=True)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .convert import DMD2_LORA_TARGETS
+
 
 def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.12) -> torch.nn.Module:
     """Give every parameter random values large enough that an off-by-one timestep visibly changes the output
@@ -85,11 +87,6 @@ def tiny_sdxl_pipeline(folder: Path):
         unet=tiny_sdxl_unet(),
         scheduler=LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
     )
-
-
-#: Modules DMD2's released LoRA adapts (DESIGN.md section 2): 788 of them in the SDXL UNet.
-DMD2_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
-                     "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv")
 
 
 def dmd2_format_lora(unet: torch.nn.Module, rank: int = 64, alpha: float = 8.0, device: str = "cpu",

@@ -15,12 +15,12 @@ from typing import Any, Sequence
 
 import torch
 
-from .checkpoints import timesteps_from_metadata, timesteps_metadata
-from .convert import TensorSource, write_safetensors
-from .errors import DMD2Error, WrongKindError
-from .noise import batch_seeds
-from .pipeline import sample_seeded, to_pil_images
-from .plans import DEFAULT_TRAINED, timesteps_for
+from ..models.checkpoints import timesteps_from_metadata, timesteps_metadata
+from ..models.files import TensorSource, write_safetensors
+from ..errors import DMD2Error, WrongKindError
+from ..noise import batch_seeds
+from ..app.pipeline import sample_seeded, to_pil_images
+from ..plans import DEFAULT_TRAINED, timesteps_for
 
 #: Colour name -> RGB in [0, 1]; far apart so a classifier (and a viewer) cannot confuse them.
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -132,7 +132,7 @@ def load_shapes_model(path: Path | str, device: str | torch.device = "cpu") -> S
     """Load a file written by `save_shapes_model`, weights in float32, in eval mode."""
     from diffusers import UNet2DConditionModel
 
-    from .checkpoints import load_state_dict, read_safetensors_header
+    from ..models.files import load_state_dict, read_safetensors_header
 
     path = Path(path)
     if path.suffix != ".safetensors":

@@ -7,17 +7,19 @@ LoRA fused in. diffusers is imported lazily so the rest of the core stays torch-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from .denoiser import DiffusersDenoiser
-from .noise import SeededNoise
-from .sampling import sample_dmd2
-from .schedule import sigmas_for_timesteps
-
-if TYPE_CHECKING:
-    from .memory import MemoryPlan
+from ..denoiser import DiffusersDenoiser
+from ..errors import OfflineError, WrongKindError
+from ..models.checkpoints import check_compatible, resolve_model
+from ..models.files import load_state_dict
+from ..noise import SeededNoise
+from ..plans import DEFAULT_TRAINED
+from ..sampling import sample_dmd2
+from ..schedule import sigmas_for_timesteps
+from .memory import ALL_ON_DEVICE, MemoryPlan, apply_memory_plan
 
 VAE_DOWNSCALE = 8
 
@@ -128,7 +130,6 @@ def sdxl_from_checkpoint(path: Path, dtype: torch.dtype) -> Any:
     """
     from diffusers import StableDiffusionXLPipeline
 
-    from .errors import OfflineError
 
     try:
         return StableDiffusionXLPipeline.from_single_file(str(path), torch_dtype=dtype)
@@ -144,11 +145,8 @@ def load_dmd2_sdxl(model: str, models_dir: Path, device: torch.device, dtype: to
     """SDXL base with the DMD2 UNet swapped in or the DMD2 LoRA fused; returns (pipeline, trained timesteps).
 
     `model` is a catalog id or a local file. Files this pack does not recognise as DMD2 get the 4-step plan.
-    `memory`: how the pipeline goes onto `device` (`sampler.memory.plan_for_device`); by default all of it.
+    `memory`: how the pipeline goes onto `device` (`memory.plan_for_device`); by default all of it.
     """
-    from .checkpoints import check_compatible, resolve_model
-    from .memory import ALL_ON_DEVICE, apply_memory_plan
-    from .plans import DEFAULT_TRAINED
 
     dmd2 = resolve_model(model, models_dir, progress)
     check_compatible(dmd2.info, "lora" if dmd2.info.kind == "lora" else "unet", "sdxl")
@@ -161,8 +159,6 @@ def load_dmd2_sdxl(model: str, models_dir: Path, device: torch.device, dtype: to
 
 def apply_dmd2_weights(pipe: Any, path: Path, info: Any, lora_strength: float = 1.0) -> None:
     """Load a DMD2 UNet into `pipe.unet`, or fuse a DMD2 LoRA into it (fused: no per-step LoRA cost)."""
-    from .checkpoints import load_state_dict
-    from .errors import WrongKindError
 
     if info.kind == "unet":
         if info.format != "diffusers":

@@ -29,7 +29,7 @@ from huggingface_hub.utils import build_hf_headers
 from tqdm.std import tqdm
 
 from .catalog import Entry, check_filename
-from .errors import ChecksumError, DiskSpaceError, DownloadError, OfflineError
+from ..errors import ChecksumError, DiskSpaceError, DownloadError, OfflineError
 
 #: progress(stage, done, total): stage is "download" or "verify", done/total in bytes (total None when unknown).
 #: The command line shows tqdm bars (`tqdm_progress`); ComfyUI's glue plugs its ProgressBar in here.

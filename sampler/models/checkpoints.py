@@ -1,41 +1,30 @@
-"""Safe loading and inspection of checkpoint files, and turning a model spec (catalog id or path) into a file.
+"""What a checkpoint file is, and turning a model spec (catalog id or path) into a file on disk.
 
-Loading never runs code from a file: safetensors first; pickle files (.bin, .pt, .pth, .ckpt) only through
-torch.load(weights_only=True), which refuses any pickle that asks to call a function. What a file is (UNet in
-diffusers or LDM layout, full checkpoint, LoRA in kohya / PEFT / diffusers layout, VAE, TAESD) and which base it is
-for (SD1.5 or SDXL) is read from key names and tensor shapes, from the safetensors header alone where possible,
-so a 10 GB file is inspected without loading it. Released DMD2 files are recognised (by sha256, else by name) so
-hosts can apply their trained timesteps automatically.
+What a file is (UNet in diffusers or LDM layout, full checkpoint, LoRA in kohya / PEFT / diffusers layout, VAE,
+TAESD) and which base it is for (SD1.5 or SDXL) is read from key names and tensor shapes, from the safetensors header
+alone where possible, so a 10 GB file is inspected without loading it. Released DMD2 files are recognised (by
+sha256, else by name) so hosts can apply their trained timesteps automatically. Reading the bytes safely (never
+running code from a pickle) is `files.py`'s job.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
-import struct
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
-from .catalog import PICKLE_SUFFIXES, Catalog, Entry, load_catalog
-from .convert import TensorSource, write_safetensors
+from ..errors import BaseMismatchError, CorruptFileError, ModelNotFoundError, UnknownModelError, WrongKindError
+from ..plans import check_trained
+from .catalog import Catalog, Entry, load_catalog
 from .download import ProgressCallback, cached_sha256, check_disk_space, fetch_entry, file_sha256
-from .plans import check_trained
-from .errors import (BaseMismatchError, CorruptFileError, ModelNotFoundError, UnsafeFileError, UnknownModelError,
-                     WrongKindError)
+from .files import PICKLE_SUFFIXES, TensorSource, is_pickle_file, load_state_dict, read_safetensors_header, write_safetensors
 
 BASE_LABELS = {"sdxl": "SDXL", "sd15": "SD1.5"}
 #: Text-encoder width each base uses for cross-attention (the in-features of every attn2.to_k).
 _CROSS_ATTENTION_DIM = {2048: "sdxl", 768: "sd15"}
 _LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.", "_lora.down.",
                  "_lora.up.")
-_MAX_HEADER = 100 << 20
 #: safetensors metadata key our trainer stamps into the models it exports: "999,749,499,249", first step first.
 TRAINED_TIMESTEPS_KEY = "dmd2_trained_timesteps"
 
@@ -100,76 +89,6 @@ class ResolvedModel:
     info: FileInfo
     entry: Entry | None = None
     source: Path | None = None
-
-
-def is_pickle_file(path: Path | str) -> bool:
-    return str(path).lower().endswith(PICKLE_SUFFIXES)
-
-
-def read_safetensors_header(path: Path | str) -> dict[str, Any]:
-    """The JSON header of a safetensors file, after checking the file really holds all the bytes it declares.
-
-    A truncated download keeps its header, so the header alone would look fine: we compare the largest tensor end
-    offset with the file size and refuse a short file before anyone tries to load it.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise CorruptFileError(f"{path} is not a safetensors file: only {size} bytes (truncated download?)")
-        (header_len,) = struct.unpack("<Q", raw)
-        if header_len > min(_MAX_HEADER, size - 8):
-            raise CorruptFileError(f"{path} is not a valid safetensors file (header of {header_len} bytes in a "
-                                   f"{size}-byte file): truncated or not a safetensors file. Download it again")
-        try:
-            header = json.loads(f.read(header_len))
-        except ValueError:
-            raise CorruptFileError(f"{path} has a damaged safetensors header: download it again") from None
-    if not isinstance(header, dict):
-        raise CorruptFileError(f"{path} has a damaged safetensors header: download it again")
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-    have = size - 8 - header_len
-    if ends and max(ends) > have:
-        raise CorruptFileError(f"{path} is truncated: its header declares {max(ends):,} bytes of tensor data but the "
-                               f"file has {have:,}. Delete it and download it again")
-    return header
-
-
-def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a loaded pickle (Lightning-style checkpoints nest them under "state_dict")."""
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CorruptFileError(f"{path} does not hold a state dict (found a {type(obj).__name__})")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-
-
-def load_state_dict(path: Path | str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Load a checkpoint's tensors without ever executing code from the file.
-
-    .safetensors: header checked (truncation), then safetensors. Pickles: torch.load(weights_only=True), memory-mapped
-    when the file is in torch's zip format; a pickle that wants to call anything is refused with UnsafeFileError.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelNotFoundError(f"no such file: {path}")
-    if is_pickle_file(path):
-        try:
-            obj = torch.load(path, map_location=device, weights_only=True, mmap=zipfile.is_zipfile(path))
-        except pickle.UnpicklingError as e:
-            raise UnsafeFileError(f"refused to load {path}: its pickle asks to run code, which weights-only loading "
-                                  f"does not allow ({str(e).splitlines()[0]}). Use a .safetensors copy of the "
-                                  f"model from a source you trust") from None
-        except (EOFError, RuntimeError, ValueError, struct.error) as e:
-            raise CorruptFileError(f"{path} is not a readable PyTorch checkpoint ({e}): truncated or damaged, "
-                                   f"download it again") from None
-        return _unwrap(obj, path)
-    read_safetensors_header(path)
-    try:
-        return load_file(path, device=str(device))
-    except (SafetensorError, OSError) as e:
-        raise CorruptFileError(f"{path} is not a readable safetensors file ({e}): download it again") from None
 
 
 def _shapes(sd: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:

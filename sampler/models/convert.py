@@ -29,17 +29,19 @@ SD1.5's are 1x1 convolutions in both), so tensors are renamed, never reshaped.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 
-from .errors import BaseMismatchError, DMD2Error, WrongKindError
+from ..errors import BaseMismatchError, DMD2Error, WrongKindError
+from ..plans import TRAINED_TIMESTEPS
+from .catalog import load_catalog
+from .checkpoints import _detect, check_compatible, inspect_state_dict
+from .download import cached_sha256
+from .files import LazyFile, TensorSource, write_safetensors
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
@@ -129,6 +131,11 @@ def unet_key_map(keys: Iterable[str], layout: UNetLayout | None = None) -> dict[
 
 # --- LoRA --------------------------------------------------------------------------------------------------------
 
+#: Modules DMD2's released LoRA adapts (DESIGN.md section 2): 788 of them in the SDXL UNet.
+DMD2_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+                     "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv")
+
+
 _LORA_SUFFIX = re.compile(r"\.(lora_down\.weight|lora_up\.weight|alpha|lora_mid\.weight|dora_scale)$")
 
 
@@ -197,77 +204,6 @@ def convert_lora_to_ldm_names(sd: Mapping[str, torch.Tensor], base: str = "sdxl"
     return out
 
 
-# --- streaming safetensors writer (one tensor in memory at a time) ------------------------------------------------
-
-_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-              torch.bool: "BOOL"}
-
-
-@dataclass(frozen=True)
-class TensorSource:
-    """A tensor to be written: its final dtype and shape, and how to load it when its turn comes."""
-
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    load: Callable[[], torch.Tensor]
-
-
-def write_safetensors(path: Path | str, tensors: Mapping[str, TensorSource], metadata: Mapping[str, str]) -> Path:
-    """Write a .safetensors file tensor by tensor (peak memory: the largest tensor, not the whole model),
-    atomically: to a temporary name first, renamed into place when complete."""
-    path = Path(path)
-    header: dict[str, Any] = {"__metadata__": dict(metadata)}
-    offset = 0
-    for name, src in tensors.items():
-        size = torch.Size(src.shape).numel() * torch.empty((), dtype=src.dtype).element_size()
-        header[name] = {"dtype": _ST_DTYPES[src.dtype], "shape": list(src.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for name, src in tensors.items():
-                t = src.load().to("cpu", src.dtype).contiguous()
-                if tuple(t.shape) != tuple(src.shape):
-                    raise ConversionError(f"{name}: expected shape {src.shape}, got {tuple(t.shape)}")
-                f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-# --- reading tensors lazily ------------------------------------------------------------------------------------------
-
-class _LazyFile:
-    """Shapes, dtypes and on-demand tensors of a checkpoint: safetensors through safe_open (nothing loaded up
-    front), pickles through the core's weights-only loader (memory-mapped when possible)."""
-
-    def __init__(self, path: Path | str):
-        from .checkpoints import is_pickle_file, load_state_dict, read_safetensors_header
-        self.path = Path(path)
-        if is_pickle_file(self.path):
-            self._sd = load_state_dict(self.path)
-            self.metadata: dict[str, str] = {}
-            self.specs = {k: (v.dtype, tuple(v.shape)) for k, v in self._sd.items()}
-        else:
-            from safetensors import safe_open
-            header = read_safetensors_header(self.path)
-            self.metadata = header.pop("__metadata__", None) or {}
-            self._handle = safe_open(str(self.path), framework="pt")
-            self._sd = None
-            names = {v: k for k, v in _ST_DTYPES.items()}
-            self.specs = {k: (names[v["dtype"]], tuple(v["shape"])) for k, v in header.items()
-                          if v["dtype"] in names}
-
-    def get(self, key: str) -> torch.Tensor:
-        return self._sd[key] if self._sd is not None else self._handle.get_tensor(key)
-
-
 def _cast(dtype: torch.dtype, target: torch.dtype | None) -> torch.dtype:
     return target if target is not None and dtype.is_floating_point else dtype
 
@@ -292,15 +228,10 @@ def merge_checkpoint(base: Path | str, output: Path | str, *, unet: Path | str |
     plan (from the catalog, the file names, or `plan`) is stamped into the metadata as `dmd2_plan`, so the
     extension picks the right timesteps for the merged file.
     """
-    from .catalog import load_catalog
-    from .checkpoints import _detect, check_compatible, inspect_state_dict
-    from .download import cached_sha256
-    from .plans import TRAINED_TIMESTEPS
-
     if unet is None and lora is None:
         raise ConversionError("nothing to merge: give a DMD2 UNet, a DMD2 LoRA, or both")
     output = Path(output)
-    base_file = _LazyFile(base)
+    base_file = LazyFile(base)
     base_shapes = {k: s for k, (_, s) in base_file.specs.items()}
     base_info = inspect_state_dict(_as_shapes(base_shapes), Path(base).name)
     check_compatible(base_info, "checkpoint")
@@ -321,7 +252,7 @@ def merge_checkpoint(base: Path | str, output: Path | str, *, unet: Path | str |
             found_plans.append("sdxl_4step" if base_kind == "sdxl" else "sd15_1step")
 
     if unet is not None:
-        unet_file = _LazyFile(unet)
+        unet_file = LazyFile(unet)
         info = inspect_state_dict(_as_shapes({k: s for k, (_, s) in unet_file.specs.items()}), Path(unet).name)
         check_compatible(info, "unet", base_kind)
         if info.format == "ldm":
@@ -343,7 +274,7 @@ def merge_checkpoint(base: Path | str, output: Path | str, *, unet: Path | str |
         plan_of(Path(unet))
 
     if lora is not None:
-        lora_file = _LazyFile(lora)
+        lora_file = LazyFile(lora)
         kind, lora_base, _ = _detect({k: s for k, (_, s) in lora_file.specs.items()})
         if kind != "lora":
             raise WrongKindError(f"{Path(lora).name} is not a LoRA")
@@ -404,9 +335,7 @@ def _as_shapes(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, _Shape]:
 def convert_lora_file(src: Path | str, dest: Path | str, base: str = "sdxl") -> Path:
     """Write a copy of a kohya LoRA with LDM module names (see convert_lora_to_ldm_names); metadata is kept and
     stamped with the DMD2 plan when the source is a released DMD2 LoRA."""
-    from .catalog import load_catalog
-    from .download import cached_sha256
-    lora_file = _LazyFile(src)
+    lora_file = LazyFile(src)
     names = convert_lora_to_ldm_names({k: k for k in lora_file.specs}, base)
     metadata = dict(lora_file.metadata)
     entry = load_catalog().by_sha256(cached_sha256(src) or "") or load_catalog().by_filename(Path(src).name)
@@ -415,53 +344,3 @@ def convert_lora_file(src: Path | str, dest: Path | str, base: str = "sdxl") -> 
     metadata["dmd2_converted_from"] = Path(src).name
     sources = {new: TensorSource(*lora_file.specs[old], (lambda old=old: lora_file.get(old))) for new, old in names.items()}
     return write_safetensors(dest, sources, metadata)
-
-
-# --- command line -----------------------------------------------------------------------------------------------------
-
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def add_convert_subcommands(subparsers: Any) -> None:
-    """`merge` and `convert-lora` subcommands (each sets func(args) -> int)."""
-    merge = subparsers.add_parser(
-        "merge", help="write a full A1111 / Forge checkpoint: SDXL base + DMD2 UNet and/or fused DMD2 LoRA")
-    merge.add_argument("--base", required=True, help="full LDM checkpoint, e.g. sd_xl_base_1.0.safetensors")
-    merge.add_argument("--unet", help="DMD2 UNet in diffusers format (.safetensors or .bin)")
-    merge.add_argument("--lora", help="DMD2 LoRA to fuse into the UNet weights")
-    merge.add_argument("--lora-strength", type=float, default=1.0)
-    merge.add_argument("--dtype", choices=sorted(_DTYPES), help="cast floating-point tensors (default: keep)")
-    merge.add_argument("--plan", help="stamp this plan (sdxl_4step, sdxl_1step, sd15_1step) instead of detecting it")
-    merge.add_argument("--output", "-o", required=True, help="the .safetensors checkpoint to write")
-    merge.set_defaults(func=_merge)
-    lora = subparsers.add_parser("convert-lora", help="rename a DMD2 LoRA's keys to LDM names A1111 maps fully")
-    lora.add_argument("src")
-    lora.add_argument("dest")
-    lora.add_argument("--base", default="sdxl", choices=sorted(LAYOUTS))
-    lora.set_defaults(func=_convert_lora)
-
-
-def _bar() -> Callable[[int, int], None]:
-    from tqdm.auto import tqdm
-    bar = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, unit="tensor")
-        bar.update(1)
-        if done == total:
-            bar.close()
-    return update
-
-
-def _merge(args: Any) -> int:
-    path = merge_checkpoint(args.base, args.output, unet=args.unet, lora=args.lora, lora_strength=args.lora_strength,
-                            dtype=_DTYPES.get(args.dtype), plan=args.plan, progress=_bar())
-    print(f"wrote {path}")
-    return 0
-
-
-def _convert_lora(args: Any) -> int:
-    print(f"wrote {convert_lora_file(args.src, args.dest, args.base)}")
-    return 0

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from .pipeline import decode_to_images, execution_device, generate_latents, to_pil_images
+from .pipeline import decode_to_images, execution_device, generate_latents, sdxl_conditioning, to_pil_images
 from .taesd import decode_tiny
 
 
@@ -72,7 +72,6 @@ class LiveSession:
     def __init__(self, pipe: Any, timesteps: Sequence[int], width: int, height: int,
                  tiny_decoder: torch.nn.Module | None = None, encode: Callable[[str], dict[str, Any]] | None = None):
         """`encode(prompt) -> UNet conditioning`; `tiny_decoder`: TAESD(XL) for frames, else the full VAE."""
-        from .pipeline import sdxl_conditioning
 
         self.pipe, self.timesteps, self.width, self.height = pipe, tuple(timesteps), width, height
         self.tiny_decoder = tiny_decoder
