@@ -45,7 +45,7 @@ _A1111_REPOS = (_ASSETS, _GENERATIVE_MODELS, _K_DIFFUSION, _BLIP)
 STABLE_DIFFUSION = Source("Stability-AI/stablediffusion", "cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf",
                           "repositories/stable-diffusion-stability-ai")
 
-_FORGE = (Source("lllyasviel/stable-diffusion-webui-forge", "dfdcbab685e57677014f05a3309b48cc87383167"), _ASSETS,
+_FORGE = (Source("lllyasviel/stable-diffusion-webui-forge", "dfdcbab6"), _ASSETS,
           Source("lllyasviel/huggingface_guess", "84826248b49bb7ca754c73293299c4d4e23a548d",
                  "repositories/huggingface_guess"), _BLIP)
 
@@ -60,14 +60,14 @@ HOSTS: dict[str, HostSpec] = {spec.name: spec for spec in (
     HostSpec("forge", "webui", "Forge (lllyasviel)", _FORGE, ("tests/forge",), "FORGE"),
     # Neo's branch cannot be fetched as a tree: its sampler modules (copied from the search tool's index into
     # <dest>/forge-neo/neo-files, see tests/forge_neo) run inside the Forge build their backend descends from
-    HostSpec("forge-neo", "webui", "Forge Neo (sampler modules in a Forge venv)", _FORGE, ("tests/forge_neo",),
+    HostSpec("forge-neo", "webui", "Forge Neo (modules only)", _FORGE, ("tests/forge_neo",),
              "FORGE"),
     HostSpec("reforge", "webui", "reForge",
-             (Source("Panchovix/stable-diffusion-webui-reForge", "3b56b268ad9158ee8b30900973b6ccda4ec22241"),
+             (Source("Panchovix/stable-diffusion-webui-reForge", "3b56b268"),
               STABLE_DIFFUSION, *_A1111_REPOS),
              ("tests/reforge",), "REFORGE"),
     HostSpec("forge-classic", "webui", "Forge Classic",
-             (Source("Haoming02/sd-webui-forge-classic", "1f95d7170189cf93952aca122c1ee2f306a07e4c"), _ASSETS,
+             (Source("Haoming02/sd-webui-forge-classic", "1f95d717"), _ASSETS,
               STABLE_DIFFUSION, _GENERATIVE_MODELS),
              ("tests/forge_classic",), "FORGE_CLASSIC"),
 )}

@@ -173,8 +173,11 @@ def test_img2img_and_hires_fix_land_only_on_trained_timesteps(server):
 
 
 def test_cfg_above_one_keeps_the_uncond_pass(server):
-    _, info, calls = server.post("txt2img", request(server, cfg_scale=3, steps=1))
-    assert [c["batch"] for c in calls] == [2]
+    _, info, calls = server.post("txt2img", request(server, cfg_scale=3, steps=2))
+    # Forge Classic's CFG denoiser sets the scale to 1 while step / total_steps <= skip_early_cond, and with that
+    # setting at its default 0 the test `0 <= 0 / 2 <= 0` holds at step 0: the host itself drops the uncond pass there
+    first = 1 if server.host.name == "Forge Classic" else 2
+    assert [c["batch"] for c in calls] == [first, 2]
     assert "Sampler: DMD2," in info["infotexts"][0]
 
 
