@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sampler.app.cli import run_command
-from sampler.errors import DMD2Error
+from sampler.errors import DMD2Error, first_line
 from sampler.plans import TRAINED_TIMESTEPS
 
 
@@ -90,7 +90,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         pipe = DiffusionPipeline.from_pretrained(str(args.teacher))
     except (OSError, ValueError) as e:
-        raise DMD2Error(f"cannot load a diffusers pipeline from {args.teacher}: {str(e).splitlines()[0]} (convert a "
+        raise DMD2Error(f"cannot load a diffusers pipeline from {args.teacher}: {first_line(e)} (convert a "
                         f"single-file checkpoint with diffusers' conversion scripts first)") from None
     real = real_prompts = None
     if args.real_latents is not None:

@@ -8,9 +8,9 @@ from typing import Any
 
 from ..sampler.models.catalog import load_catalog
 from ..sampler.models.checkpoints import FileInfo, check_compatible, inspect_file
-from ..sampler.models.files import is_pickle_file, load_state_dict
+from ..sampler.models.files import broken_link, is_pickle_file, load_state_dict
 from ..sampler.models.checkpoints import resolve_model
-from ..sampler.errors import DMD2Error
+from ..sampler.errors import DMD2Error, ModelNotFoundError
 from ..sampler.plans import DEFAULT_TRAINED, TRAINED_TIMESTEPS
 from . import host
 from .tags import DMD2Facts, tag_model
@@ -53,6 +53,9 @@ def resolve_choice(folder: str, choice: str) -> tuple[Path, FileInfo]:
         return resolved.path, resolved.info
     path = host.full_path(folder, choice)
     if path is None:
+        for link in (broken_link(Path(where) / choice) for where in host.folder_paths(folder)):
+            if link:  # ComfyUI lists a symlink to nothing (or a loop) but cannot open it: say which link to fix
+                raise ModelNotFoundError(f"cannot open {choice}: {link}. Fix or remove the link")
         raise FileNotFoundError(f"{choice!r} is not in ComfyUI's {folder} folders (refresh the node list?)")
     return path, inspect_file(path)
 

@@ -328,6 +328,7 @@ def test_loaders_explain_wrong_files(monkeypatch, tmp_path):
     unet = _file(tmp_path, "unet.safetensors", {"conv_in.weight": z(1), "time_embedding.linear_1.weight": z(1)})
     files = {"checkpoint.safetensors": checkpoint, "sd15_lora.safetensors": sd15_lora, "unet.safetensors": unet}
     monkeypatch.setattr(host, "full_path", lambda folder, name: files.get(name))
+    monkeypatch.setattr(host, "folder_paths", lambda folder: [tmp_path])
     with pytest.raises(errors.WrongKindError, match="full checkpoint.*Load Checkpoint"):
         nodes.DMD2UNetLoader().load("checkpoint.safetensors", "default")
     monkeypatch.setattr(host, "model_base", lambda model: "sdxl")
@@ -350,3 +351,32 @@ def test_misplaced_unet_in_checkpoints_is_reported(monkeypatch, tmp_path, caplog
     with caplog.at_level(logging.WARNING, logger="dmd2"):
         assert nodes.warn_misplaced_unets() == [unet.name]
     assert len(caplog.records) == 1 and "models/diffusion_models" in caplog.records[0].getMessage()
+
+
+def test_loaders_report_damaged_and_broken_files_in_the_core_s_words(monkeypatch, tmp_path):
+    """What ComfyUI shows as the node's error is the core's message, the same the command line prints."""
+    import json
+    import os
+
+    inspect_file = importlib.import_module(PACK + ".sampler.models.checkpoints").inspect_file  # the pack's copy
+    good = _file(tmp_path, "u.safetensors", {"conv_in.weight": torch.zeros(2), "time_embedding.linear_1.weight":
+                                             torch.zeros(2)})
+    raw = good.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    header["conv_in.weight"]["data_offsets"] = ["0", "8"]
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
+    os.symlink("loop.safetensors", tmp_path / "loop.safetensors")
+    monkeypatch.setattr(host, "full_path", lambda folder, name: (tmp_path / name) if (tmp_path / name).is_file()
+                        else None)  # as ComfyUI's get_full_path: a link to nothing is not a file
+    monkeypatch.setattr(host, "folder_paths", lambda folder: [tmp_path / "elsewhere", tmp_path])
+    with pytest.raises(errors.CorruptFileError) as err:
+        nodes.DMD2UNetLoader().load("damaged.safetensors", "default")
+    with pytest.raises(errors.CorruptFileError) as same:
+        inspect_file(damaged)
+    assert str(err.value) == str(same.value) and "data_offsets ['0', '8']" in str(err.value)
+    with pytest.raises(errors.ModelNotFoundError, match="loop.safetensors is a symbolic link that loops"):
+        nodes.DMD2UNetLoader().load("loop.safetensors", "default")

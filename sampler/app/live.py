@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,8 +127,12 @@ class LatestWins:
 
     `submit(payload)` returns a Future. A request still waiting when a newer one arrives is dropped (its Future raises
     Superseded); the one being rendered sees its `cancelled()` turn true and stops at its next check (between stages
-    or sampler steps) by raising Superseded. `gate(cancelled)` is entered around each render: a context manager that
-    may wait (e.g. for an idle host queue, see `idle_gate`) and may raise Superseded while waiting.
+    or sampler steps) by raising Superseded. `withdraw(future)` does the same for a request nobody waits for any more
+    (the client went away). `gate(cancelled)` is entered around each render: a context manager that may wait (e.g.
+    for an idle host queue, see `idle_gate`) and may raise Superseded while waiting.
+
+    Whatever happens to a request (cancelled Future, failing render or gate, a client gone), the worker thread
+    carries on with the next one: no request can wedge it.
     """
 
     def __init__(self, render: Callable[[Any, Callable[[], bool]], Any],
@@ -136,6 +140,7 @@ class LatestWins:
         self.render, self.gate, self.name = render, gate, name
         self._cond = threading.Condition()
         self._pending: tuple[int, Any, Future] | None = None
+        self._running: Future | None = None
         self._generation = 0
         self._thread: threading.Thread | None = None
 
@@ -149,8 +154,17 @@ class LatestWins:
                 self._thread.start()
             self._cond.notify()
         if dropped is not None:
-            dropped[2].set_exception(Superseded("a newer request replaced it before it started"))
+            _settle(dropped[2], exception=Superseded("a newer request replaced it before it started"))
         return future
+
+    def withdraw(self, future: Future) -> None:
+        """Give up a request: dropped if still waiting, stopped at its next check if rendering."""
+        with self._cond:
+            if self._pending is not None and self._pending[2] is future:
+                self._pending = None
+            elif self._running is future:
+                self._generation += 1  # its cancelled() turns true
+        future.cancel()
 
     def _run(self) -> None:
         while True:
@@ -159,8 +173,9 @@ class LatestWins:
                     self._cond.wait()
                 generation, payload, future = self._pending
                 self._pending = None
-            if not future.set_running_or_notify_cancel():
-                continue
+                if not future.set_running_or_notify_cancel():  # cancelled while it waited
+                    continue
+                self._running = future
 
             def cancelled(generation: int = generation) -> bool:
                 return self._generation != generation
@@ -170,9 +185,23 @@ class LatestWins:
                     check_cancelled(cancelled)
                     result = self.render(payload, cancelled)
             except BaseException as e:  # noqa: BLE001 - the caller gets every failure through its Future
-                future.set_exception(e)
+                _settle(future, exception=e)
             else:
-                future.set_result(result)
+                _settle(future, result=result)
+            finally:
+                with self._cond:
+                    self._running = None
+
+
+def _settle(future: Future, result: Any = None, exception: BaseException | None = None) -> None:
+    """Set a Future's outcome unless it already has one (a client may have cancelled it meanwhile)."""
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 def check_cancelled(cancelled: Callable[[], bool]) -> None:
