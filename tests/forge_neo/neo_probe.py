@@ -2,14 +2,16 @@
 real sampler modules, printing the facts as one JSON object.
 
 `python neo_probe.py NEO_FILES PACK_ROOT`. Forge Neo (the neo branch of Haoming02/sd-webui-forge-classic) cannot be
-fetched as a tree here, so it cannot be started; its files that DMD2 touches can be read (tests/forge_neo/README in
-the report: which commits). Real code here: Neo's modules/sd_samplers.py (lru_cache'd lookup, no add_sampler),
-sd_schedulers.py (dataclass Scheduler), sd_samplers_kdiffusion.py (KDiffusionSampler: get_sigmas, the txt2img noise
-through predictor.noise_scaling; CFGDenoiserKDiffusion with ForgeScheduleLinker) and sd_samplers_cfg_denoiser.py;
-from the Forge checkout Neo descends from: k_diffusion (ForgeScheduleLinker, sampling), backend.modules.k_prediction
-(the SD1.5 eps predictor), modules.sd_samplers_common (Sampler: initialize, TorchHijack, launch_sampling) and
-modules.rng (ImageRNG, p.rng). Stubbed: the web UI's state those modules read at import (shared.opts / state),
-memory management around sampling (sampling_prepare / cleanup), UI callbacks, and the samplers DMD2 never runs.
+fetched as a tree here, so it cannot be started; the files DMD2 touches can be read from the search tool's code index
+(`python -m tests.hosts build forge-neo` says where to put them; SOURCES.md there names their commits).
+
+Real code: Neo's modules/sd_samplers.py (lru_cache'd lookup, no add_sampler), sd_schedulers.py (dataclass
+Scheduler), sd_samplers_kdiffusion.py (KDiffusionSampler: get_sigmas, the txt2img noise through
+predictor.noise_scaling; CFGDenoiserKDiffusion with ForgeScheduleLinker) and sd_samplers_cfg_denoiser.py; from the
+Forge checkout Neo descends from: k_diffusion (ForgeScheduleLinker, sampling), backend.modules.k_prediction (the
+SD1.5 eps predictor), modules.sd_samplers_common (Sampler: initialize, TorchHijack, launch_sampling) and modules.rng
+(ImageRNG, p.rng). Stubbed: the web UI's state those modules read at import (shared.opts / state), memory
+management around sampling (sampling_prepare / cleanup), UI callbacks, and the samplers DMD2 never runs.
 The CFG step itself (Neo's forge_sample, i.e. the UNet) is replaced by a recorder: what it is handed is the fact.
 """
 
