@@ -2,7 +2,7 @@
 
 Queueing a workflow with DMD2 Live Session registers its MODEL, CLIP and VAE (references, no copies) as the live
 session. The panel then posts {prompt, seed, strength, request_id} to /dmd2/live/frame and gets a JPEG back with the
-time of every stage. Frames render on one worker thread (`sampler.app.live.LatestWins`: the newest request wins, older
+time of every stage. Frames render on one worker thread (`sampler.live.LatestWins`: the newest request wins, older
 ones are dropped or stopped between stages). A frame starts only while ComfyUI's prompt queue is idle, and the
 prompt worker waits for a frame in flight before it runs a prompt (`host.install_queue_gate`), so the queue waits at
 most one frame and frames never run next to a prompt (no model loads or weight patches from two threads).
@@ -27,7 +27,7 @@ from typing import Any, Awaitable, Callable
 import torch
 
 from ..sampler.errors import DMD2Error
-from ..sampler.app.live import FrameTimings, LatestWins, PromptCache, Superseded, check_cancelled, idle_gate, timed
+from ..sampler.live import FrameTimings, LatestWins, PromptCache, Superseded, check_cancelled, idle_gate, timed
 from . import host
 from .sampling import node_sigmas, sample_dmd2
 
@@ -108,7 +108,7 @@ class Session:
         self.tiny_decoder, self.decoder = None, "vae"
         path = host.tiny_decoder_file(self.base)
         if path is not None:
-            from ..sampler.app.taesd import load_tiny_decoder
+            from ..sampler.models.taesd import load_tiny_decoder
 
             device = host.torch_device()
             self.tiny_decoder = load_tiny_decoder(path, device, torch.float16 if device.type == "cuda" else
@@ -127,7 +127,7 @@ class Session:
         """(H, W, 3) in [0, 1] on the CPU."""
         if self.tiny_decoder is None:
             return host.vae_decode(self.vae, samples).float().cpu()
-        from ..sampler.app.taesd import decode_tiny
+        from ..sampler.models.taesd import decode_tiny
 
         return decode_tiny(self.tiny_decoder, host.latent_for_unet(self.model, samples))[0].permute(1, 2, 0).cpu()
 

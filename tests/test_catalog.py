@@ -197,3 +197,12 @@ def test_entries_that_are_not_objects_and_unreadable_catalogs(tmp_path):
         load_catalog(path)
     with pytest.raises(CatalogError, match="cannot be read"):
         load_catalog(tmp_path)  # a folder
+
+
+def test_download_urls_are_the_hubs_own():
+    """Entry.url (example workflows, manual-download hints) is the URL huggingface_hub itself builds."""
+    from huggingface_hub import hf_hub_url
+
+    for entry in load_catalog():
+        hub = hf_hub_url(entry.repo, entry.filename, revision=entry.revision, endpoint="https://huggingface.co")
+        assert entry.url == hub

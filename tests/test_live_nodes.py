@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 
-from sampler.app.live import LatestWins, Superseded, check_cancelled, idle_gate
+from sampler.live import LatestWins, Superseded, check_cancelled, idle_gate
 from tests.test_nodes import PACK, _import_pack
 
 _import_pack()
@@ -207,7 +207,7 @@ def test_node_registers_session_and_frames_cache_prompts_and_use_the_anchor(fake
 
 def test_frame_stops_when_superseded(fake_host):
     live.DMD2LiveSession().register("model", "clip", "vae", 64, 64, 1)
-    with pytest.raises(live.Superseded):  # the pack's own copy of sampler.app.live
+    with pytest.raises(live.Superseded):  # the pack's own copy of sampler.live
         live.render_frame(live.LIVE.session, live.parse_frame_request({"prompt": "a"}), lambda: True)
     assert fake_host["sample"] == []
 

@@ -340,6 +340,28 @@ def test_loaders_explain_wrong_files(monkeypatch, tmp_path):
         nodes.DMD2LoraLoader().load(FakePatcher(), "gone.safetensors", 1.0)
 
 
+def test_catalog_file_names_are_choices_fetched_on_first_use(monkeypatch, tmp_path):
+    """The example workflows name catalog files by their released names (so ComfyUI's frontend can offer the
+    download): such a value passes ComfyUI's validation while the file is missing and is fetched like its
+    "catalog: <id>" entry; a file of the other kind or an unknown name is refused before anything runs."""
+    unet, lora = nodes.DMD2UNetLoader, nodes.DMD2LoraLoader
+    assert unet.VALIDATE_INPUTS("my_diffusion_models.safetensors") is True  # listed by ComfyUI
+    assert unet.VALIDATE_INPUTS("catalog: dmd2-sdxl-4step-unet-fp16") is True
+    assert unet.VALIDATE_INPUTS("dmd2_sdxl_4step_unet_fp16.safetensors") is True  # not on disk: the catalog's
+    assert unet.VALIDATE_INPUTS("dmd2_sdxl_1step_unet_fp16.converted.safetensors") is True  # a pickle's copy
+    assert lora.VALIDATE_INPUTS("dmd2_sdxl_4step_lora_fp16.safetensors") is True
+    assert "neither a file" in unet.VALIDATE_INPUTS("dmd2_sdxl_4step_lora_fp16.safetensors")  # a LoRA, not a UNet
+    assert "neither a file" in lora.VALIDATE_INPUTS("catalog: dmd2-sdxl-4step-unet-fp16")
+    assert "neither a file" in lora.VALIDATE_INPUTS("gone.safetensors")
+
+    monkeypatch.setattr(host, "full_path", lambda folder, name: None)
+    monkeypatch.setattr(host, "folder_paths", lambda folder: [tmp_path / folder])
+    monkeypatch.setattr(host, "models_dir", lambda: tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the real download path, stopped before the network
+    with pytest.raises(errors.OfflineError, match=r"dmd2_sdxl_4step_unet_fp16\.safetensors.*diffusion_models"):
+        unet().load("dmd2_sdxl_4step_unet_fp16.safetensors", "default")
+
+
 def test_misplaced_unet_in_checkpoints_is_reported(monkeypatch, tmp_path, caplog):
     unet = _file(tmp_path, "dmd2_sdxl_4step_unet_fp16.safetensors",
                  {"conv_in.weight": torch.zeros(1), "time_embedding.linear_1.weight": torch.zeros(1)})

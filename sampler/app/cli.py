@@ -238,7 +238,7 @@ def run_live(args: argparse.Namespace) -> int:
     from ..models.files import check_output_path
     from .pipeline import image_suffixes, load_dmd2_sdxl, pick_device_and_dtype
     from ..plans import timesteps_for
-    from .taesd import load_tiny_decoder
+    from ..models.taesd import load_tiny_decoder
 
     check_output_path(args.output, image_suffixes(), overwrite=True)  # the live frame is rewritten by design
     device, dtype = pick_device_and_dtype(args.device, args.dtype)

@@ -164,6 +164,11 @@ class Entry:
         return TRAINED_TIMESTEPS[self.plan] if self.plan else None
 
     @property
+    def url(self) -> str:
+        """The file's download URL on the Hugging Face Hub, at the pinned revision."""
+        return f"https://huggingface.co/{self.repo}/resolve/{self.revision}/{self.filename}"
+
+    @property
     def is_pickle(self) -> bool:
         """True for .bin/.pt/.pth/.ckpt files, which are converted to .safetensors once their sha256 matched."""
         return self.filename.endswith(PICKLE_SUFFIXES)

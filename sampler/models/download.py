@@ -190,8 +190,7 @@ def is_offline() -> bool:
 
 def manual_download_hint(entry: Entry, folder: Path | str) -> str:
     """Where to get the file by hand and where to drop it, for messages shown when we cannot download."""
-    return (f"Download https://huggingface.co/{entry.repo}/resolve/{entry.revision}/{entry.filename} by hand and "
-            f"put it in {Path(folder)}/ (it is checked against sha256 {entry.sha256}).")
+    return f"Download {entry.url} by hand and put it in {Path(folder)}/ (it is checked against sha256 {entry.sha256})."
 
 
 def _network_failure(error: Exception) -> bool:

@@ -63,7 +63,7 @@ def test_live_frames_cache_the_prompt_and_return_images(server):
 
 
 def test_live_frames_decode_with_taesd_when_present(server):
-    from sampler.app.taesd import tiny_decoder
+    from sampler.models.taesd import tiny_decoder
 
     torch.manual_seed(0)
     path = server.base / "models" / "vae_approx" / "taesd_decoder.safetensors"
