@@ -20,8 +20,8 @@ from .specs import HOSTS
 
 
 def _builder(family: str):
-    """`build(spec, dest, mirrors)` of a host family (tests/hosts/<family>.py), imported only when needed."""
-    return importlib.import_module(f".{family}", __package__).build
+    """The family's build function (tests/hosts/<family>.py), imported only when that family is built."""
+    return importlib.import_module(f"{__package__}.{family}").build
 
 
 def main(argv: list[str] | None = None) -> int:
