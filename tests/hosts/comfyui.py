@@ -4,11 +4,11 @@
     <dest>/venv       ComfyUI's requirements.txt (+ requests, missing from older lists) under the torch constraint
     <dest>/host.json  COMFYUI_PATH / COMFYUI_PYTHON for tests/comfyui and tests/browser
 
-Workarounds, all inside the venv (a `sitecustomize.py`, which Python runs at every start), never in the tree:
+Workarounds, all inside the venv, never in the tree:
 - PyPI's torchvision is built against PyPI's CUDA torch; next to the CPU torch its C++ operator library does not
-  load, and its `_meta_registrations` then fails on `register_fake("torchvision::nms")` ("operator does not exist").
-  Defining those operators' schemas first (`torch.library`, no kernels) lets `import torchvision` succeed; ComfyUI
-  uses torchvision's Python parts (transforms), and a call to nms itself raises NotImplementedError.
+  load, and its import fails ("operator torchvision::nms does not exist"). The venv's sitecustomize.py is
+  `torchvision_cpu.py` (shared with webui.py): it declares those operators' schemas just before torchvision is
+  imported, so the import succeeds; ComfyUI uses torchvision's Python parts (transforms).
 - PyPI's torchaudio (2.11.1, the newest) fails to load its C++ libraries next to the CPU torch 2.13. ComfyUI
   imports it at start (audio nodes; v0.33.0 also from comfy/ itself). torchaudio runs as pure Python when its
   lib/*.so files are absent, so the build renames them (*.so.unloadable): its functional and transforms modules
@@ -24,38 +24,7 @@ from pathlib import Path
 from . import common
 from .specs import HostSpec
 
-#: The operators torchvision's `_meta_registrations.py` registers fake kernels for unconditionally at import (the
-#: others only when its library loaded), with their schemas (torchvision/csrc/ops/nms.cpp, quantized/cpu/qnms).
-TORCHVISION_OPS = (
-    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-)
-
-SITECUSTOMIZE = '''"""Written by tests/hosts/comfyui.py (DMD2 test hosts). PyPI's torchvision is a CUDA build whose
-operator library does not load next to this venv's CPU torch; just before torchvision is first imported, define the
-operator schemas its import registers fake kernels for (no kernels: calling them raises), so `import torchvision`
-works."""
-
-import sys
-
-SCHEMAS = {schemas!r}
-
-
-class _TorchvisionSchemas:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torchvision":
-            sys.meta_path.remove(self)
-            import torch
-
-            global _LIBRARY
-            _LIBRARY = torch.library.Library("torchvision", "DEF")
-            for schema in SCHEMAS:
-                _LIBRARY.define(schema)
-        return None  # the regular finders import it
-
-
-sys.meta_path.insert(0, _TorchvisionSchemas())
-'''
+HERE = Path(__file__).resolve().parent
 
 
 def _imports(py: Path, module: str) -> tuple[bool, str]:
@@ -65,18 +34,13 @@ def _imports(py: Path, module: str) -> tuple[bool, str]:
 
 
 def install_workarounds(py: Path) -> list[str]:
-    """Make torchvision and torchaudio importable in the venv of `py`, each only if it needs it; one line per fix."""
+    """Make torchvision and torchaudio importable in the venv of `py`; returns one line per workaround in place."""
     site, done = common.site_packages(py), []
-    hook = site / "sitecustomize.py"
-    hook.unlink(missing_ok=True)  # decide afresh: a torchvision that imports by itself gets no hook
+    (site / "sitecustomize.py").write_text((HERE / "torchvision_cpu.py").read_text())  # a no-op where it loads
     ok, error = _imports(py, "torchvision")
     if not ok:
-        hook.write_text(SITECUSTOMIZE.format(schemas=TORCHVISION_OPS))
-        ok, still = _imports(py, "torchvision")
-        if not ok:
-            raise SystemExit(f"[hosts] torchvision does not import ({error}), nor with its operator schemas defined "
-                             f"({still})")
-        done.append(f"torchvision: operator schemas defined by sitecustomize.py (it failed with: {error})")
+        raise SystemExit(f"[hosts] torchvision does not import, even with its operator schemas declared: {error}")
+    done.append("torchvision: imports (sitecustomize.py from tests/hosts/torchvision_cpu.py)")
     lib = site / "torchaudio" / "lib"
     ok, error = _imports(py, "torchaudio")
     if not ok and list(lib.glob("*.so")):

@@ -11,9 +11,8 @@ What each needs beyond its own tree (DESIGN.md sections 4 and 7), done here, ide
   tokenizer from the hub), derived from the BPE file open_clip ships;
 - a random-weight SD1.5 checkpoint in LDM layout, built once for all hosts in `<dest>/../_shared`.
 
-A local mirror is used in place (git alternates) and never fetched from: mirrors made by the search tool's fetch lack
-some objects (of other commits, and a few image blobs of pinned ones); such a tree is written from the blobs it has,
-and the missing paths are logged (none is code).
+Trees come from `common.checkout`: a local mirror is used in place (git alternates); mirrors made by the search tool's
+fetch lack a few image blobs of pinned commits, which are left out of the tree and logged (none is code).
 """
 
 from __future__ import annotations
@@ -21,12 +20,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import common
-from .specs import STABLE_DIFFUSION, HostSpec, Source
+from .specs import STABLE_DIFFUSION, HostSpec
 
 HERE = Path(__file__).resolve().parent
 #: A1111's pin (69.5.1) cannot build with torch 2.13 (needs >= 77); pytorch_lightning 1.9.4 needs pkg_resources (< 81).
@@ -67,70 +65,6 @@ NEO_MODULES = ("sd_samplers.py", "sd_schedulers.py", "sd_samplers_kdiffusion.py"
 def shared_dir(dest: Path) -> Path:
     """What all hosts share (checkpoint, HF cache), beside the hosts: `<dest>/../_shared`."""
     return dest.parent / "_shared"
-
-
-# --- trees ----------------------------------------------------------------------------------------------------------
-
-def _mirror(repo: str, mirrors: Path | None) -> Path | None:
-    url = common.source_url(repo, mirrors)
-    return None if url.startswith("https://") else Path(url)
-
-
-def _missing_blobs(git_dir: Path, commit: str) -> list[str]:
-    """Paths of the commit's files whose blobs the (mirror) git directory lacks."""
-    listing = common.run(["git", f"--git-dir={git_dir}", "ls-tree", "-r", "-z", commit]).split("\0")
-    entries = [line.split("\t", 1) for line in listing if line]
-    batch = subprocess.run(["git", f"--git-dir={git_dir}", "cat-file", "--batch-check"], text=True,
-                           input="".join(meta.split()[2] + "\n" for meta, _ in entries), capture_output=True).stdout
-    missing = {line.split()[0] for line in batch.splitlines() if line.endswith(" missing")}
-    return [path for meta, path in entries if meta.split()[2] in missing]
-
-
-def _from_mirror(git_dir: Path, commit: str, dest: Path) -> str:
-    """`dest` as a git work tree at `commit` whose objects are the mirror's (git alternates: nothing is copied).
-
-    A mirror may lack objects of other commits, so nothing is fetched from it; and if it lacks blobs of this one,
-    every file it has is written and the missing paths are logged.
-    """
-    full = common.run(["git", f"--git-dir={git_dir}", "rev-parse", commit + "^{commit}"]).strip()
-    if (dest / ".git").exists() and common.run(["git", "rev-parse", "HEAD"], cwd=dest).strip() == full:
-        return full
-    dest.mkdir(parents=True, exist_ok=True)
-    common.run(["git", "init", "-q"], cwd=dest)
-    (dest / ".git" / "objects" / "info" / "alternates").write_text(str(Path(git_dir).resolve() / "objects") + "\n")
-    missing = _missing_blobs(git_dir, full)
-    if not missing:
-        common.log(f"checking out {git_dir}@{full[:10]} into {dest}")
-        common.run(["git", "-c", "advice.detachedHead=false", "checkout", "-q", "--force", full], cwd=dest)
-        return full
-    common.log(f"exporting {git_dir}@{full[:10]} into {dest}; blobs missing in the mirror: {', '.join(missing)}")
-    common.run(["git", "read-tree", full], cwd=dest)
-    skip = set(missing)
-    listing = common.run(["git", "ls-tree", "-r", "-z", full], cwd=dest).split("\0")
-    for line in filter(None, listing):
-        meta, path = line.split("\t", 1)
-        mode, kind, blob = meta.split()
-        if kind != "blob" or path in skip:
-            continue
-        target = dest / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        data = subprocess.run(["git", "cat-file", "blob", blob], cwd=dest, capture_output=True, check=True).stdout
-        if mode == "120000":
-            target.unlink(missing_ok=True)
-            target.symlink_to(data.decode())
-        else:
-            target.write_bytes(data)
-            target.chmod(0o755 if mode == "100755" else 0o644)
-    (dest / ".git" / "HEAD").write_text(full + "\n")
-    return full
-
-
-def tree(source: Source, dest: Path, mirrors: Path | None) -> str:
-    """`source` at its commit in `dest`: from a local mirror if there is one, else cloned from GitHub."""
-    mirror = _mirror(source.repo, mirrors)
-    if mirror is not None:
-        return _from_mirror(mirror, source.commit, dest)
-    return common.checkout(source, dest, mirrors)
 
 
 # --- venv -----------------------------------------------------------------------------------------------------------
@@ -186,7 +120,7 @@ def random_checkpoint(py: Path, shared: Path, mirrors: Path | None) -> Path:
     path = shared / "sd15_random.safetensors"
     if not path.is_file():
         ldm = shared / "stablediffusion"
-        tree(STABLE_DIFFUSION, ldm, mirrors)
+        common.checkout(STABLE_DIFFUSION, ldm, mirrors)
         common.log(f"building {path} (random weights, ~2.1 GB)")
         common.run([str(py), str(HERE / "random_sd15.py"), str(ldm), str(path)])
     return path
@@ -221,7 +155,7 @@ def build(spec: HostSpec, dest: Path, mirrors: Path | None) -> None:
     root = dest / "webui"
     commits = {}
     for source in spec.sources:
-        commits[source.path] = tree(source, root / source.path if source.path else root, mirrors)
+        commits[source.path] = common.checkout(source, root / source.path if source.path else root, mirrors)
     py = venv(root, dest / "venv", recipe)
     if recipe.settings:
         config = root / "config.json"
