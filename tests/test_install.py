@@ -158,3 +158,15 @@ def test_fresh_venv_twice(tmp_path):
     assert second.returncode == 0, second.stdout + second.stderr
     assert "nothing to install" in second.stdout and "xformers: skipped (torch is not a CUDA build)" in second.stdout
     assert snapshot(env_dir) == before
+
+
+def test_the_a1111_extension_registers_without_huggingface_hub():
+    """install.py leaves a too-old huggingface_hub alone (it never changes an installed package): the sampler,
+    scheduler and plan must still load then, only downloads need the hub."""
+    code = ("import sys; sys.modules['huggingface_hub'] = None\n"  # any import of it raises ImportError
+            "from tests.a1111.support import load_pack\n"
+            "load_pack()\n"
+            "import importlib; importlib.import_module('dmd2_pack.extension.a1111')\n"
+            "assert 'dmd2_pack.sampler.models.download' not in sys.modules\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
