@@ -114,9 +114,13 @@ class Browser:
         self.call("Page.enable")
         self.call("Runtime.enable")
 
-    def call(self, method: str, **params: Any) -> dict:
+    def _send(self, method: str, params: dict) -> int:
         self.next_id += 1
         self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        return self.next_id
+
+    def call(self, method: str, **params: Any) -> dict:
+        wanted = self._send(method, params)
         while True:
             message = json.loads(self.ws.recv())
             if message.get("method") == "Runtime.consoleAPICalled":
@@ -124,7 +128,10 @@ class Browser:
                                              for a in message["params"]["args"]))
             elif message.get("method") == "Runtime.exceptionThrown":
                 self.console.append(json.dumps(message["params"]["exceptionDetails"])[:500])
-            if message.get("id") == self.next_id:
+            elif message.get("method") == "Page.javascriptDialogOpening":
+                # the frontend's "unsaved changes" beforeunload prompt would hold the next navigation: leave the page
+                self._send("Page.handleJavaScriptDialog", {"accept": True})
+            if message.get("id") == wanted:
                 if "error" in message:
                     raise RuntimeError(f"{method}: {message['error']}")
                 return message["result"]

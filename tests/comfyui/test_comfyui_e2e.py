@@ -3,11 +3,11 @@ SD1.5-shaped models at 64x64 px (8x8 latents). The probe pack records what the U
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,15 +18,13 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[2]
 NODES = ["DMD2UNetLoader", "DMD2LoraLoader", "DMD2Scheduler", "DMD2Sampler", "DMD2KSampler"]
 SEED = 1234
-_runs = itertools.count()
 
 
 class Graph:
     """A prompt: random-weight UNet through DMD2 Load UNet (+ probe), CLIP-L, VAE, a prompt and an empty latent."""
 
     def __init__(self, server, plan: str = "auto", batch: int = 1, sleep: float = 0.0, weight_dtype: str = "default"):
-        self.dir = server.base / f"run{next(_runs)}"
-        self.dir.mkdir()
+        self.dir = Path(tempfile.mkdtemp(prefix="run", dir=server.base))  # unique also for modules importing Graph
         self.log = self.dir / "unet.jsonl"
         self.nodes = {
             "unet": {"class_type": "DMD2UNetLoader", "inputs": {"unet_name": "e2e_sd15_unet.safetensors",
