@@ -79,7 +79,7 @@ def add_train_subcommand(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="distil a diffusers SD1.5 / SDXL model (a finetune) into a DMD2 generator",
         description="Distil the UNet of a diffusers pipeline folder into a DMD2 generator (full UNet, or a LoRA in "
-                    "DMD2's format). Checkpoints go to OUTPUT/checkpoint and a rerun resumes from there exactly; the "
+                    "DMD2's format). Checkpoints go to OUTPUT/checkpoints/step-N and a rerun resumes from there exactly; the "
                     "student is exported to OUTPUT/student_lora.safetensors or student_unet.safetensors, stamped "
                     "with its trained timesteps. Many GPUs: accelerate launch -m distill train ...")
     p.add_argument("teacher", type=Path, help="diffusers pipeline folder of the model to distil (SD1.5 or SDXL)")
@@ -100,6 +100,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from .data import PipelineData, read_prompts
     from .export import export_lora, export_unet
+    from .checkpoint import latest_checkpoint
     from .trainer import DistillTrainer
 
     prompts = read_prompts(args.prompts)
@@ -125,15 +126,20 @@ def run_train(args: argparse.Namespace) -> int:
     pipe.text_encoder.to(trainer.acc.device)
     if getattr(pipe, "text_encoder_2", None) is not None:
         pipe.text_encoder_2.to(trainer.acc.device)
-    checkpoint = args.output / "checkpoint"
-    if (checkpoint / "state.pt").exists():
-        trainer.load_checkpoint(checkpoint)
-        print(f"[DMD2] resumed from {checkpoint} at step {trainer.step_count}")
-    for _ in trainer.train(args.steps, checkpoint, args.checkpoint_every):
+    checkpoints = args.output / "checkpoints"
+    if (args.output / "checkpoint" / "state.pt").exists():
+        raise DMD2Error(f"{args.output / 'checkpoint'} was written by an older version of this trainer and cannot be "
+                        f"resumed exactly: delete it, or use another --output")
+    latest = latest_checkpoint(checkpoints)
+    if latest is not None:
+        trainer.load_checkpoint(latest)
+        if trainer.acc.is_main_process:
+            print(f"[DMD2] resumed from {latest} at step {trainer.step_count}")
+    for _ in trainer.train(args.steps, checkpoints, args.checkpoint_every):
         pass
-    trainer.save_checkpoint(checkpoint)
+    trainer.save_checkpoint(checkpoints)
+    student = trainer.student()
     if trainer.acc.is_main_process:
-        student = trainer.student()
         if config.lora_rank:
             print(export_lora(student, args.output / "student_lora.safetensors", config.trained_timesteps))
         print(export_unet(student, args.output / "student_unet.safetensors", config.trained_timesteps))
