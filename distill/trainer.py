@@ -184,8 +184,20 @@ class DistillTrainer:
         samples from before the update (the critic trains on them next, as in the official loop) and the losses.
 
         The critic takes part with its parameters frozen (official main/sd_unified_model.py:303-310), so this turn
-        leaves no gradient, and no pending gradient reduction, on it.
+        leaves no gradient, and no pending gradient reduction, on it; frozen through the backward pass too, where
+        gradient checkpointing recomputes its blocks exactly as they ran.
         """
+        with frozen(self.critic):
+            loss, x, logs = self._generator_loss(x_in, sigma_in, cond)
+            self.opt_g.zero_grad(set_to_none=True)
+            self.acc.backward(loss)
+            self.acc.clip_grad_norm_([p for p in self.generator.parameters() if p.requires_grad],
+                                     self.config.max_grad_norm)
+            self.opt_g.step()
+        return x.detach(), logs
+
+    def _generator_loss(self, x_in: torch.Tensor, sigma_in: torch.Tensor, cond: dict[str, Any]
+                        ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         cfg, n = self.config, len(x_in)
         uncond = self.data.cond([""] * n)
         logs: dict[str, float] = {}
@@ -206,8 +218,7 @@ class DistillTrainer:
             if cfg.uses_gan and (cfg.gan_generator_weight > 0 or cfg.divergence != "reverse_kl"):
                 x_gan, sigma_gan, _ = self._noised(x if cfg.gan_generator_weight > 0 else x.detach(), cfg.gan_timesteps)
                 classify = (x_gan, sigma_gan, cond)
-            with frozen(self.critic):
-                x0_fake, logits = self.critic(denoise=(x_t, sigma, cond), classify=classify)
+            x0_fake, logits = self.critic(denoise=(x_t, sigma, cond), classify=classify)
             weights = None if cfg.divergence == "reverse_kl" else losses.f_divergence_weights(logits, cfg.divergence)
             loss = losses.distribution_matching_loss(x, x0_fake.float(), x0_real, weights)
             logs["gen/dm"] = loss.item()
@@ -219,11 +230,7 @@ class DistillTrainer:
                 reg = losses.regression_loss(x_pair, target.to(self.acc.device))
                 logs["gen/regression"] = reg.item()
                 loss = loss + cfg.regression_weight * reg
-        self.opt_g.zero_grad(set_to_none=True)
-        self.acc.backward(loss)
-        self.acc.clip_grad_norm_([p for p in self.generator.parameters() if p.requires_grad], cfg.max_grad_norm)
-        self.opt_g.step()
-        return x.detach(), logs
+        return loss, x, logs
 
     def critic_update(self, x: torch.Tensor, cond: dict[str, Any]) -> dict[str, float]:
         """One critic update on generator samples `x`: the fake score's denoising loss (t ~ U[0, 999]) and, with the

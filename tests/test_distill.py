@@ -411,16 +411,6 @@ def test_full_students_have_no_lora_to_export():
 # --- command line -----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """accelerate keeps one process-wide state (mixed precision, device); the command makes its own Accelerator."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
-
-
 def test_train_command_distils_a_diffusers_pipeline_and_resumes(tmp_path, fresh_accelerate_state):
     """`python -m distill train` on a (tiny) SDXL pipeline folder: trains, checkpoints, exports a LoRA our loaders
     and the standalone pipeline apply, and a rerun with more steps resumes from the checkpoint."""

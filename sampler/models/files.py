@@ -14,7 +14,7 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -104,11 +104,12 @@ _ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", 
 
 @dataclass(frozen=True)
 class TensorSource:
-    """A tensor to be written: its final dtype and shape, and how to load it when its turn comes."""
+    """A tensor to be written: its final dtype and shape, and how to load it when its turn comes: the whole tensor,
+    or an iterable of chunks along its first dimension (a tensor larger than memory, written as it is made)."""
 
     dtype: torch.dtype
     shape: tuple[int, ...]
-    load: Callable[[], torch.Tensor]
+    load: Callable[[], torch.Tensor | Iterable[torch.Tensor]]
 
 
 def write_safetensors(path: Path | str, tensors: Mapping[str, TensorSource], metadata: Mapping[str, str]) -> Path:
@@ -129,10 +130,21 @@ def write_safetensors(path: Path | str, tensors: Mapping[str, TensorSource], met
             f.write(struct.pack("<Q", len(raw)))
             f.write(raw)
             for name, src in tensors.items():
-                t = src.load().to("cpu", src.dtype).contiguous()
-                if tuple(t.shape) != tuple(src.shape):
-                    raise CorruptFileError(f"{name}: declared shape {src.shape}, but it loaded as {tuple(t.shape)}")
-                f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+                data = src.load()
+                if isinstance(data, torch.Tensor):
+                    if tuple(data.shape) != tuple(src.shape):
+                        raise CorruptFileError(f"{name}: declared shape {src.shape}, but it loaded as "
+                                               f"{tuple(data.shape)}")
+                    data = [data.reshape(1, -1) if data.ndim == 0 else data]
+                rows = 0
+                for t in data:
+                    t = t.to("cpu", src.dtype).contiguous()
+                    rows += len(t)
+                    if src.shape and (tuple(t.shape[1:]) != tuple(src.shape[1:]) or rows > src.shape[0]):
+                        raise CorruptFileError(f"{name}: chunks of shape {tuple(t.shape)} do not make {src.shape}")
+                    f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+                if src.shape and rows != src.shape[0]:
+                    raise CorruptFileError(f"{name}: declared {src.shape[0]} rows, the chunks had {rows}")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
