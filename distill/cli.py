@@ -104,14 +104,43 @@ def add_train_subcommand(subparsers) -> None:
     p.add_argument("--size", type=int, help="image size (default: the UNet's sample size x 8)")
     p.add_argument("--output", type=Path, default=Path("outputs/distill"))
     p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--sample-every", type=int, default=0,
+                   help="save a grid of the student's samples to OUTPUT/samples every N steps (0: never)")
+    p.add_argument("--sample-prompts", type=Path,
+                   help="prompt file for the sample grid (default: the first 4 training prompts); fixed seeds")
+    p.add_argument("--log-with", default="auto",
+                   help="accelerate tracker for the losses (and sample grids): tensorboard, wandb, ..., none; "
+                        "auto: tensorboard when it is installed. Logs go to OUTPUT/logs")
     add_training_options(p)
     p.set_defaults(func=run_train)
 
 
+def tracker_name(choice: str) -> str | None:
+    """The accelerate tracker to log with: `choice`, or for "auto" TensorBoard when installed."""
+    if choice == "none":
+        return None
+    if choice != "auto":
+        return choice
+    from accelerate.utils import is_tensorboard_available
+
+    return "tensorboard" if is_tensorboard_available() else None
+
+
+def tracker_config(config) -> dict:
+    """The run's settings as numbers and strings (what every tracker's hyper-parameter table accepts)."""
+    import dataclasses
+
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in dataclasses.asdict(config).items()}
+
+
 def run_train(args: argparse.Namespace) -> int:
+    import numpy as np
+    from accelerate import Accelerator
+
     from .checkpoint import latest_checkpoint
     from .data import PipelineData, RealLatents, read_prompts
     from .export import export_lora, export_unet
+    from .samples import sample_grid, save_sample_grid
     from .teacher import load_teacher
     from .trainer import DistillTrainer
 
@@ -124,7 +153,11 @@ def run_train(args: argparse.Namespace) -> int:
     size = args.size or pipe.unet.config.sample_size * 8
     recipe = args.recipe or recipe_for("sdxl" if hasattr(pipe, "text_encoder_2") else "sd15", not args.full_unet)
     config = config_from_args(args, recipe)
-    trainer = DistillTrainer(pipe.unet, PipelineData(pipe, prompts, size, real), config)
+    tracker = tracker_name(args.log_with)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with=tracker,
+                              project_dir=str(args.output / "logs"))
+    data = PipelineData(pipe, prompts, size, real)
+    trainer = DistillTrainer(pipe.unet, data, config, accelerator)
     if trainer.acc.is_main_process:
         print(f"[DMD2] recipe {recipe}; {trainer.acc.num_processes} process(es) x batch {config.batch_size} = "
               f"global batch {trainer.global_batch_size}; {trainer.acc.distributed_type.value} on "
@@ -138,9 +171,23 @@ def run_train(args: argparse.Namespace) -> int:
         trainer.load_checkpoint(latest)
         if trainer.acc.is_main_process:
             print(f"[DMD2] resumed from {latest} at step {trainer.step_count}")
-    for _ in trainer.train(args.steps, checkpoints, args.checkpoint_every):
-        pass
+    if tracker:
+        accelerator.init_trackers("dmd2", config=tracker_config(config))
+    sample_prompts = (read_prompts(args.sample_prompts) if args.sample_prompts else prompts)[:4]
+    if args.sample_every and accelerator.is_main_process:
+        pipe.vae.to(accelerator.device)
+    for logs in trainer.train(args.steps, checkpoints, args.checkpoint_every):
+        accelerator.log(logs, step=trainer.step_count)
+        if args.sample_every and trainer.step_count % args.sample_every == 0:
+            student = trainer.student()  # every process: under FSDP the weights are gathered
+            if accelerator.is_main_process:
+                grid = sample_grid(student, pipe.vae, data, sample_prompts, config.trained_timesteps)
+                save_sample_grid(grid, args.output / "samples", trainer.step_count)
+                if tracker == "tensorboard":
+                    accelerator.get_tracker("tensorboard").log_images(
+                        {"samples": np.asarray(grid)[None]}, step=trainer.step_count, dataformats="NHWC")
     trainer.save_checkpoint(checkpoints)
+    accelerator.end_training()
     student = trainer.student()
     if trainer.acc.is_main_process:
         if config.lora_rank:

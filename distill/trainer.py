@@ -284,10 +284,12 @@ class DistillTrainer:
 
         bar = tqdm(total=steps, initial=self.step_count, disable=not progress or not self.acc.is_main_process,
                    desc="DMD2 distillation")
+        latest: dict[str, float] = {}  # the generator's losses come every ttur-th step: show the last of each
         while self.step_count < steps:
             logs = self.step()
+            latest.update(logs)
             bar.update(1)
-            bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in logs.items()}, refresh=False)
+            bar.set_postfix({k.replace("/", "_"): f"{v:.3g}" for k, v in sorted(latest.items())}, refresh=False)
             if checkpoint_dir is not None and checkpoint_every and self.step_count % checkpoint_every == 0:
                 self.save_checkpoint(checkpoint_dir)
             yield logs

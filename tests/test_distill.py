@@ -443,4 +443,7 @@ def test_train_command_explains_bad_input(tmp_path, capsys):
     assert "has no prompts" in capsys.readouterr().err
     (tmp_path / "p.txt").write_text("a cat\n")
     assert main(["train", str(tmp_path / "nowhere"), "--prompts", str(tmp_path / "p.txt")]) == 1
-    assert "cannot load a diffusers pipeline" in capsys.readouterr().err
+    assert "no such file or folder" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    assert main(["train", str(tmp_path / "folder"), "--prompts", str(tmp_path / "p.txt")]) == 1
+    assert "cannot load a diffusers pipeline from" in capsys.readouterr().err

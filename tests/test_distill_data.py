@@ -211,6 +211,11 @@ def test_a_single_file_sd15_checkpoint_distils_end_to_end(single_file, tmp_path,
     assert main(["prepare", str(path), str(tmp_path / "images"), "--output", str(tmp_path / "data"), *source]) == 0
     assert main(["train", str(path), *source, "--prompts", str(tmp_path / "data" / "prompts.txt"),
                  "--real-latents", str(tmp_path / "data" / "latents.safetensors"), "--output", str(tmp_path / "out"),
-                 "--steps", "3", "--lora-rank", "4", "--mixed-precision", "no", "--batch-size", "2"]) == 0
+                 "--steps", "3", "--lora-rank", "4", "--mixed-precision", "no", "--batch-size", "2",
+                 "--sample-every", "2", "--log-with", "none"]) == 0
     info = inspect_file(tmp_path / "out" / "student_lora.safetensors")
     assert (info.kind, info.format, info.trained_timesteps) == ("lora", "kohya", (999,))  # the sd15 recipe's 1 step
+    from PIL import Image
+
+    with Image.open(tmp_path / "out" / "samples" / "step-00000002.png") as grid:  # 4 prompts of 64 px in a row
+        assert grid.size == (4 * 64, 64)
