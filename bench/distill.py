@@ -113,8 +113,8 @@ def gpu_row(recipe: str, **overrides: Any) -> tuple[str, str, str]:
         resident = torch.cuda.memory_allocated() / 2**30
         generator, critic = step_seconds(trainer)
         peak = torch.cuda.max_memory_allocated() / 2**30
-        result = (f"peak {peak:.1f} GiB (weights + optimiser states {resident:.1f} GiB); step with generator update "
-                  f"{generator:.2f} s, critic-only step {critic:.2f} s")
+        result = (f"peak {peak:.1f} GiB (weights alone {resident:.1f} GiB; AdamW's states come at the first update); "
+                  f"step with generator update {generator:.2f} s, critic-only step {critic:.2f} s")
     except torch.cuda.OutOfMemoryError:
         result = f"out of memory ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB card)"
     finally:

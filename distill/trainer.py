@@ -110,12 +110,12 @@ class DistillTrainer:
         if config.regression_weight > 0 and data.regression_batch(1, torch.Generator().manual_seed(0)) is None:
             raise DMD2Error("the regression loss needs teacher (noise, image) pairs and this problem has none")
         torch.manual_seed(config.seed)  # the GAN head's and the LoRA's initial weights, the same in every process
+        generator = build_generator(teacher, config.lora_rank, config.lora_alpha)  # copies, before any cast
+        critic = build_critic(teacher, data.latent_shape if config.uses_gan else None)
         real_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32)
         self.real = teacher.requires_grad_(False).eval().to(self.acc.device)
         if real_dtype != torch.float32:
             self.real.to(real_dtype)  # no gradients through the real score: half precision is enough (as official)
-        generator = build_generator(teacher, config.lora_rank, config.lora_alpha)
-        critic = build_critic(teacher, data.latent_shape if config.uses_gan else None)
         if config.gradient_checkpointing:
             generator.enable_gradient_checkpointing()
             critic.unet.enable_gradient_checkpointing()
@@ -123,7 +123,9 @@ class DistillTrainer:
         opt_g = torch.optim.AdamW([p for p in generator.parameters() if p.requires_grad], lr=config.lr_generator,
                                   weight_decay=config.weight_decay)
         opt_c = torch.optim.AdamW(critic.parameters(), lr=config.lr_critic, weight_decay=config.weight_decay)
-        self.generator, self.critic, self.opt_g, self.opt_c = self.acc.prepare(generator, critic, opt_g, opt_c)
+        # one model with its optimiser per call: FSDP2 swaps the parameters of each for sharded ones
+        self.generator, self.opt_g = self.acc.prepare(generator, opt_g)
+        self.critic, self.opt_c = self.acc.prepare(critic, opt_c)
         #: this process's draws (prompts, noise, timesteps): different in every process
         self.rng = torch.Generator().manual_seed(config.seed + 1000 * self.acc.process_index)
         #: draws that decide how much work a step does (the backward-simulation depth): the same in every process,
@@ -305,11 +307,14 @@ class DistillTrainer:
         return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def _load_full_state(self, model: nn.Module, optimizer: Any, weights: dict, optimizer_state: dict) -> None:
-        """Inverse of `_full_state`. Under FSDP only the main process holds the dicts and broadcasts them."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        """Inverse of `_full_state`. Under FSDP only the main process holds the dicts and broadcasts them (model and
+        optimiser separately: given together, a process with empty dicts would skip the model's broadcast)."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
 
         options = StateDictOptions(full_state_dict=True, strict=False, broadcast_from_rank0=self._sharded)
-        set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optimizer_state, options=options)
+        set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+        set_model_state_dict(model, weights, options=options)
 
     @property
     def _sharded(self) -> bool:

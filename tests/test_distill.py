@@ -224,6 +224,21 @@ def test_smoke_run_losses_finite_critic_learns_generator_moves():
     assert len(moved) > len(before) // 2
 
 
+def test_mixed_precision_trains_float32_copies_of_the_teacher(fresh_accelerate_state):
+    """bf16 autocast with the real score stored in bf16 (as official), but the generator and critic are float32
+    copies of the float32 teacher: their weights and AdamW states stay full precision."""
+    teacher = tiny_sd15_unet()
+    weights = params(teacher)
+    from accelerate import Accelerator
+
+    trainer = DistillTrainer(teacher, RandomData(), small_config(mixed_precision="bf16"),
+                             Accelerator(cpu=True, mixed_precision="bf16"))
+    assert next(trainer.real.parameters()).dtype == torch.bfloat16
+    for model in (trainer.student(), trainer.acc.unwrap_model(trainer.critic).unet):
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        assert all(torch.equal(v, weights[k]) for k, v in params(model).items() if k in weights)
+
+
 @pytest.mark.parametrize("overrides", [dict(), dict(lora_rank=4, divergence="js", regression_weight=0.5)],
                          ids=["full-unet", "lora-js-regression"])
 def test_resume_is_bit_exact(tmp_path, overrides):
