@@ -30,8 +30,9 @@ from typing import Any, Mapping
 
 import torch
 
-from sampler.errors import DMD2Error
-from sampler.models.files import TensorSource, load_state_dict, read_safetensors_header, write_safetensors
+from sampler.errors import DMD2Error, first_line
+from sampler.models.files import (TensorSource, atomic_writer, load_state_dict, read_safetensors_header,
+                                  write_safetensors)
 
 FORMAT = "dmd2-distill-checkpoint"
 VERSION = 1
@@ -99,10 +100,10 @@ def save_object(path: Path, obj: Mapping[str, Any], stamp: Mapping[str, Any]) ->
 def publish(partial: Path, final: Path, manifest: Mapping[str, Any]) -> Path:
     """Write the manifest last and rename the finished folder into place (main process only)."""
     files = {p.name: p.stat().st_size for p in sorted(partial.iterdir()) if p.name != MANIFEST}
-    tmp = partial / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({**manifest, "files": files}, indent=1))
-    _fsync(tmp)
-    os.replace(tmp, partial / MANIFEST)
+    with atomic_writer(partial / MANIFEST) as f:
+        f.write(json.dumps({**manifest, "files": files}, indent=1).encode())
+        f.flush()
+        os.fsync(f.fileno())
     if final.exists():  # a folder of another run under this name (`DistillTrainer.save_checkpoint` skips its own)
         shutil.rmtree(final)
     os.replace(partial, final)
@@ -172,7 +173,7 @@ def load_object(file: Path, expected: Mapping[str, Any]) -> dict[str, Any]:
         raise CheckpointError(f"refused to load {file}: it asks to run code, so it was not written by this "
                               f"trainer") from None
     except (EOFError, RuntimeError, ValueError, struct.error, OSError) as e:
-        raise CheckpointError(f"{file} is damaged ({str(e).splitlines()[0]}): delete {file.parent} to resume from "
+        raise CheckpointError(f"{file} is damaged ({first_line(e)}): delete {file.parent} to resume from "
                               f"an earlier checkpoint, or start over") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{file} does not hold what this trainer writes")

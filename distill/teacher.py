@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sampler.errors import DMD2Error
+from sampler.errors import DMD2Error, first_line
 
 CONFIGS = Path(__file__).parent / "configs"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
@@ -72,7 +72,7 @@ def load_teacher(path: Path, tokenizer: Path | None = None, config: Path | None 
         try:
             return DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as e:
-            raise DMD2Error(f"cannot load a diffusers pipeline from {path}: {str(e).splitlines()[0]}") from None
+            raise DMD2Error(f"cannot load a diffusers pipeline from {path}: {first_line(e)}") from None
     if not path.is_file():
         raise DMD2Error(f"no such file or folder: {path}")
     info = inspect_file(path)
@@ -90,4 +90,4 @@ def load_teacher(path: Path, tokenizer: Path | None = None, config: Path | None 
             return cls.from_single_file(str(path), config=str(layout), local_files_only=True, **extra)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise DMD2Error(f"cannot build the {info.base.upper()} pipeline from {path}: "
-                            f"{str(e).splitlines()[0]}") from None
+                            f"{first_line(e)}") from None

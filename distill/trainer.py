@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from sampler.errors import DMD2Error
+from sampler.errors import DMD2Error, first_line
 from sampler.plans import DEFAULT_TRAINED, check_trained
 from sampler.sampling import sample_dmd2, unit_variance_scale
 from sampler.schedule import sigmas_for_timesteps, training_sigmas
@@ -393,7 +393,7 @@ class DistillTrainer:
             self._load_full_state(self.critic, self.opt_c, critic, optimizers["critic"])
         except (RuntimeError, KeyError, ValueError) as e:
             raise ckpt.CheckpointError(f"the checkpoint {folder} does not fit this model: "
-                                       f"{str(e).splitlines()[0]}") from None
+                                       f"{first_line(e)}") from None
         self.step_count, self.run_id = int(manifest["step"]), manifest["run_id"]
         self.rng.set_state(rng["trainer"])
         self.shared_rng.set_state(rng["shared"])

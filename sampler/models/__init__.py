@@ -7,5 +7,6 @@ files, conversion to the LDM layout A1111 / Forge want, and the `models` / `merg
 - `checkpoints.py`: what a file is (kind, base, trained timesteps) and model spec -> file on disk.
 - `convert.py`: diffusers <-> LDM UNet keys, checkpoint merge, LoRA key renaming.
 - `cli.py`: the command-line verbs above.
+- `taesd.py`: the TAESD / TAESDXL tiny preview decoder (architecture and safe loading).
 - `tiny.py`: real diffusers architectures at toy widths with random weights (tests, benchmarks, smoke runs).
 """
