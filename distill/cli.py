@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sampler.app.cli import run_command
-from sampler.errors import DMD2Error, first_line
+from sampler.errors import DMD2Error
 from sampler.plans import TRAINED_TIMESTEPS
 
 from .recipes import RECIPES, recipe_for
