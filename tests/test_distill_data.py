@@ -63,7 +63,8 @@ def single_file(tmp_path_factory):
     folder = tmp_path_factory.mktemp("single_file")
     pipe = tiny_sd15_pipeline(folder / "tok")
     pipe.save_pretrained(folder / "config")  # the weights in it are ignored: only the configs are read
-    return pipe, write_ldm_checkpoint(pipe, folder / "tiny_sd15.safetensors"), folder / "config", folder / "tok" / "tokenizer"
+    path = write_ldm_checkpoint(pipe, folder / "tiny_sd15.safetensors")
+    return pipe, path, folder / "config", folder / "tok" / "tokenizer"
 
 
 def test_a_single_file_checkpoint_loads_exactly_offline(single_file, monkeypatch):
@@ -219,3 +220,20 @@ def test_a_single_file_sd15_checkpoint_distils_end_to_end(single_file, tmp_path,
 
     with Image.open(tmp_path / "out" / "samples" / "step-00000002.png") as grid:  # 4 prompts of 64 px in a row
         assert grid.size == (4 * 64, 64)
+
+
+def test_a_full_size_sd15_file_loads_offline_with_the_shipped_configs(monkeypatch):
+    """A real-architecture SD1.5 single file (DMD2_SD15_CHECKPOINT, e.g. A1111 harness's random-weight one) with
+    ComfyUI's tokenizer files (COMFYUI_PATH): every component built from distill/configs/sd15, no network."""
+    import os
+
+    checkpoint, comfyui = os.environ.get("DMD2_SD15_CHECKPOINT"), os.environ.get("COMFYUI_PATH")
+    if not checkpoint or not comfyui:
+        pytest.skip("needs DMD2_SD15_CHECKPOINT (a full SD1.5 .safetensors) and COMFYUI_PATH (for comfy/sd1_tokenizer)")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = load_teacher(Path(checkpoint), Path(comfyui) / "comfy" / "sd1_tokenizer")
+    assert sum(p.numel() for p in pipe.unet.parameters()) == 859_520_964
+    ids = pipe.tokenizer(["a photo of a cat"]).input_ids[0]
+    assert ids == [49406, 320, 1125, 539, 320, 2368, 49407]  # CLIP's ids for these words
+    with torch.no_grad():
+        assert torch.isfinite(pipe.text_encoder(torch.tensor([ids]))[0]).all()

@@ -62,7 +62,7 @@ def test_two_processes_train_and_resume_bit_exactly(problem, tmp_path):
     out = torchrun_train(problem, tmp_path / "resumed", 6)
     assert "resumed from" in out and "at step 3" in out
 
-    a, b = latest_checkpoint(tmp_path / "straight" / "checkpoints"), latest_checkpoint(tmp_path / "resumed" / "checkpoints")
+    a, b = (latest_checkpoint(tmp_path / run / "checkpoints") for run in ("straight", "resumed"))
     assert a.name == b.name == "step-00000006"
     for name in ("generator.safetensors", "critic.safetensors"):
         ta, tb = load_file(str(a / name)), load_file(str(b / name))
