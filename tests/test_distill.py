@@ -15,7 +15,8 @@ from distill.export import export_lora, export_unet, kohya_lora_state_dict, merg
 from distill.models import GANHead, bottleneck_size, build_generator, guided_x0, predict_x0, unet_bottleneck
 from distill.checkpoint import CheckpointError, complete_checkpoints, latest_checkpoint
 from distill.trainer import DistillConfig, DistillTrainer
-from sampler.models.checkpoints import TRAINED_TIMESTEPS_KEY, inspect_file
+from sampler.models.checkpoints import inspect_file
+from sampler.models.stamps import TRAINED_TIMESTEPS_KEY
 from sampler.models.files import load_state_dict
 from sampler.errors import DMD2Error
 from sampler.models.tiny import tiny_sd15_unet, tiny_sdxl_unet

@@ -303,7 +303,8 @@ def test_facts_for_plan_choice():
 
 def test_facts_for_a_trainer_exported_file_come_from_its_stamp(tmp_path):
     """A student exported by `python -m distill` (any name) runs on the timesteps stamped in it."""
-    from sampler.models.checkpoints import inspect_file, timesteps_metadata
+    from sampler.models.checkpoints import inspect_file
+    from sampler.models.stamps import timesteps_metadata
 
     path = tmp_path / "my_finetune_student.safetensors"
     save_file({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)}, path,

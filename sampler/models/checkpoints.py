@@ -15,38 +15,17 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import BaseMismatchError, CorruptFileError, UnknownModelError, WrongKindError
-from ..plans import check_trained
 from .catalog import Catalog, Entry, load_catalog
 from .download import ProgressCallback, cached_sha256, check_disk_space, fetch_entry, file_sha256
 from .files import (PICKLE_SUFFIXES, TensorSource, check_readable_file, is_pickle_file, load_state_dict,
                     read_safetensors_header, write_safetensors)
+from .stamps import TRAINED_TIMESTEPS_KEY, timesteps_from_metadata
 
 BASE_LABELS = {"sdxl": "SDXL", "sd15": "SD1.5"}
 #: Text-encoder width each base uses for cross-attention (the in-features of every attn2.to_k).
 _CROSS_ATTENTION_DIM = {2048: "sdxl", 768: "sd15"}
 _LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.", "_lora.down.",
                  "_lora.up.")
-#: safetensors metadata key our trainer stamps into the models it exports: "999,749,499,249", first step first.
-TRAINED_TIMESTEPS_KEY = "dmd2_trained_timesteps"
-
-
-def timesteps_metadata(trained: Sequence[int]) -> dict[str, str]:
-    """The metadata entry that makes our loaders and samplers run an exported generator on `trained`."""
-    return {TRAINED_TIMESTEPS_KEY: ",".join(str(t) for t in check_trained(trained))}
-
-
-def timesteps_from_metadata(metadata: Mapping[str, str], name: str | None = None) -> tuple[int, ...] | None:
-    """Trained timesteps stamped in a file's metadata, None when it has none; a malformed stamp is an error."""
-    raw = metadata.get(TRAINED_TIMESTEPS_KEY)
-    if raw is None:
-        return None
-    try:
-        return check_trained(int(t) for t in raw.split(","))
-    except ValueError as e:
-        raise CorruptFileError(f"{name or 'the file'} has a malformed {TRAINED_TIMESTEPS_KEY} metadata entry "
-                               f"{raw!r}: {e}") from None
-
-
 @dataclass(frozen=True)
 class FileInfo:
     """What a checkpoint holds, read from its keys and shapes.

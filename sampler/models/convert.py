@@ -42,6 +42,7 @@ from .catalog import load_catalog
 from .checkpoints import check_compatible, inspect_state_dict
 from .download import cached_sha256
 from .files import LazyFile, TensorSource, write_safetensors
+from .stamps import PLAN_KEY
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
@@ -316,7 +317,7 @@ def merge_checkpoint(base: Path | str, output: Path | str, *, unet: Path | str |
     if lora is not None:
         metadata.update(dmd2_lora=Path(lora).name, dmd2_lora_strength=str(lora_strength))
     if chosen:
-        metadata["dmd2_plan"] = chosen
+        metadata[PLAN_KEY] = chosen
     if progress is not None:
         total, calls = len(sources), iter(range(1, len(sources) + 1))
         sources = {k: TensorSource(v.dtype, v.shape, (lambda v=v: (progress(next(calls), total), v.load())[1]))
@@ -364,7 +365,7 @@ def convert_lora_file(src: Path | str, dest: Path | str, base: str | None = None
     metadata = dict(lora_file.metadata)
     entry = load_catalog().by_sha256(cached_sha256(src) or "") or load_catalog().by_filename(Path(src).name)
     if entry is not None and entry.plan:
-        metadata["dmd2_plan"] = entry.plan
+        metadata[PLAN_KEY] = entry.plan
     metadata["dmd2_converted_from"] = Path(src).name
     sources = {new: TensorSource(*lora_file.specs[old], (lambda old=old: lora_file.get(old))) for new, old in names.items()}
     return write_safetensors(dest, sources, metadata)
