@@ -142,6 +142,7 @@ def test_captions_become_prompt_lines(tmp_path):
 def test_prepare_streams_the_vae_latents_of_every_image(single_file, tmp_path):
     """Each row is the VAE's sample for its image (batch size 1: the same draws as encoding one by one), times the
     scaling factor; a non-square image is centre-cropped."""
+    import numpy as np
     from PIL import Image
 
     pipe = single_file[0]
@@ -156,8 +157,8 @@ def test_prepare_streams_the_vae_latents_of_every_image(single_file, tmp_path):
     assert tensors["latents"].shape == (4, 4, 8, 8) and tensors["latents"].dtype == torch.float16
     assert tensors["prompt_ids"].tolist() == [0, 1, 2, 3]
     g = torch.Generator().manual_seed(5)
-    images = [torch.tensor(list(Image.open(tmp_path / "images" / f"img{i}.png").getdata())) for i in range(3)]
-    images = [im.float().view(64, 64, 3) for im in images] + [wide[:, 16:80].float()]
+    images = [torch.from_numpy(np.asarray(Image.open(tmp_path / "images" / f"img{i}.png"))).float() for i in range(3)]
+    images += [wide[:, 16:80].float()]
     with torch.no_grad():
         for i, im in enumerate(images):
             x = (im.permute(2, 0, 1)[None] / 127.5 - 1.0)
