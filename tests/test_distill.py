@@ -3,20 +3,24 @@ through our own loaders and sampler."""
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
 import pytest
 import torch
 
 from distill import losses
 from distill.export import export_lora, export_unet, kohya_lora_state_dict, merged_unet
-from distill.models import build_generator, guided_x0, predict_x0
+from distill.models import GANHead, bottleneck_size, build_generator, guided_x0, predict_x0, unet_bottleneck
+from distill.checkpoint import CheckpointError, complete_checkpoints, latest_checkpoint
 from distill.trainer import DistillConfig, DistillTrainer
 from sampler.models.checkpoints import inspect_file
 from sampler.models.stamps import TRAINED_TIMESTEPS_KEY
 from sampler.models.files import load_state_dict
 from sampler.errors import DMD2Error
-from sampler.models.tiny import tiny_sd15_unet
+from sampler.models.tiny import tiny_sd15_unet, tiny_sdxl_unet
+from sampler.shapes.world import shapes_unet
 
 # --- losses -----------------------------------------------------------------------------------------------------
 
@@ -83,6 +87,70 @@ def test_guided_x0_is_classifier_free_guidance():
         assert torch.equal(guided_x0(unet, x, sigma, cond, uncond, 1.0), c)
 
 
+# --- the critic and its GAN head ---------------------------------------------------------------------------------
+
+
+def _layers(head) -> list[tuple]:
+    out = []
+    for m in head.net:
+        if isinstance(m, torch.nn.Conv2d):
+            out.append(("conv", m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding))
+        elif isinstance(m, torch.nn.GroupNorm):
+            out.append(("gn", m.num_groups, m.num_channels))
+        else:
+            out.append((type(m).__name__,))
+    return out
+
+
+def test_gan_head_is_the_official_architecture():
+    """Layer for layer the heads of tianweiy/DMD2 main/sd_guidance.py:107-122 (SDXL, 1024 px: 32x32 bottleneck) and
+    :125-133 (SD1.5, 512 px: 8x8), transcribed from the official code."""
+    def block(kernel, stride, padding):
+        return [("conv", 1280, 1280, (kernel, kernel), (stride, stride), (padding, padding)), ("gn", 32, 1280),
+                ("SiLU",)]
+
+    out = [("conv", 1280, 1, (1, 1), (1, 1), (0, 0))]
+    assert _layers(GANHead(1280, (32, 32))) == block(4, 2, 1) * 3 + block(4, 4, 0) + out
+    assert _layers(GANHead(1280, (8, 8))) == block(4, 2, 1) + block(4, 4, 0) + out
+    logits = GANHead(64, (32, 24))(torch.randn(3, 64, 32, 24))  # non-square (SDXL 1024x768) still ends at 1x1
+    assert logits.shape == (3,)
+
+
+@pytest.mark.parametrize("make", [tiny_sd15_unet, tiny_sdxl_unet, shapes_unet], ids=["sd15", "sdxl", "shapes"])
+def test_unet_bottleneck_is_the_mid_block_output_of_a_full_forward(make):
+    """The classify path stops at the bottleneck: the same tensor diffusers' own forward hands the up blocks."""
+    unet = make()
+    c, size = unet.config.in_channels, unet.config.sample_size
+    x, t = torch.randn(2, c, size, size), torch.tensor([999, 3])
+    kwargs = {"encoder_hidden_states": torch.randn(2, 3, unet.config.cross_attention_dim)}
+    if unet.config.addition_embed_type == "text_time":
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(2, 12), "time_ids": torch.randn(2, 6)}
+    seen = []
+    handle = unet.mid_block.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        unet(x, t, **kwargs)
+        handle.remove()
+        mine = unet_bottleneck(unet, x, t, kwargs["encoder_hidden_states"], kwargs.get("added_cond_kwargs"))
+    assert torch.equal(mine, seen[0])
+    assert mine.shape[2:] == bottleneck_size(unet, (size, size))
+
+
+def test_each_update_trains_all_it_owns_and_nothing_else():
+    """What DDP needs: a critic update gives every critic parameter a gradient (fake score and GAN head in one
+    forward); a generator update gives every trainable generator parameter one and leaves the critic untouched."""
+    trainer = trainer_for(small_config(ttur=1))
+    cond = trainer.data.cond(["red", "blue"])
+    x_in, sigma_in = trainer.simulate_inputs(cond, 2)
+    x, _ = trainer.generator_update(x_in, sigma_in, cond)
+    assert all(p.grad is None for p in trainer.critic.parameters())
+    assert all(p.grad is not None for p in trainer.generator.parameters() if p.requires_grad)
+    assert all(p.requires_grad for p in trainer.critic.parameters())  # unfrozen again
+    trainer.critic_update(x, cond)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.critic.parameters())
+    without_gan = trainer_for(small_config(gan_generator_weight=0, gan_discriminator_weight=0))
+    assert without_gan.acc.unwrap_model(without_gan.critic).head is None
+
+
 # --- training ---------------------------------------------------------------------------------------------------
 
 
@@ -115,7 +183,7 @@ class RandomData:
 
 def small_config(**overrides) -> DistillConfig:
     settings = dict(trained_timesteps=(999, 499), guidance_scale=2.0, batch_size=2, ttur=2, lr_generator=1e-3,
-                    lr_critic=1e-3, gan_generator_weight=0.1, gan_discriminator_weight=0.1)
+                    lr_critic=1e-3, warmup_steps=0, gan_generator_weight=0.1, gan_discriminator_weight=0.1)
     settings.update(overrides)
     return DistillConfig(**settings)
 
@@ -133,7 +201,7 @@ def params(module) -> dict[str, torch.Tensor]:
 def critic_eval_loss(trainer: DistillTrainer, batch: dict) -> float:
     """The critic's denoising loss on a fixed batch of generator samples, noise and timesteps."""
     with torch.no_grad():
-        x0, _ = trainer.critic(batch["x_t"], batch["sigma"], batch["cond"])
+        x0, _ = trainer.critic(denoise=(batch["x_t"], batch["sigma"], batch["cond"]))
         eps = (batch["x_t"] - x0) / batch["sigma"].view(-1, 1, 1, 1)
         return losses.denoising_loss(eps, batch["noise"]).item()
 
@@ -157,6 +225,21 @@ def test_smoke_run_losses_finite_critic_learns_generator_moves():
     assert len(moved) > len(before) // 2
 
 
+def test_mixed_precision_trains_float32_copies_of_the_teacher(fresh_accelerate_state):
+    """bf16 autocast with the real score stored in bf16 (as official), but the generator and critic are float32
+    copies of the float32 teacher: their weights and AdamW states stay full precision."""
+    teacher = tiny_sd15_unet()
+    weights = params(teacher)
+    from accelerate import Accelerator
+
+    trainer = DistillTrainer(teacher, RandomData(), small_config(mixed_precision="bf16"),
+                             Accelerator(cpu=True, mixed_precision="bf16"))
+    assert next(trainer.real.parameters()).dtype == torch.bfloat16
+    for model in (trainer.student(), trainer.acc.unwrap_model(trainer.critic).unet):
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        assert all(torch.equal(v, weights[k]) for k, v in params(model).items() if k in weights)
+
+
 @pytest.mark.parametrize("overrides", [dict(), dict(lora_rank=4, divergence="js", regression_weight=0.5)],
                          ids=["full-unet", "lora-js-regression"])
 def test_resume_is_bit_exact(tmp_path, overrides):
@@ -165,10 +248,10 @@ def test_resume_is_bit_exact(tmp_path, overrides):
     list(straight.train(4, progress=False))
 
     first = trainer_for(config)
-    list(first.train(2, progress=False))
-    first.save_checkpoint(tmp_path / "ckpt")
+    list(first.train(2, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1, progress=False))
+    assert [p.name for p in complete_checkpoints(tmp_path / "ckpt")] == ["step-00000002"]  # older ones removed
     resumed = trainer_for(config)
-    resumed.load_checkpoint(tmp_path / "ckpt")
+    resumed.load_checkpoint(latest_checkpoint(tmp_path / "ckpt"))
     assert resumed.step_count == 2
     list(resumed.train(4, progress=False))
 
@@ -178,14 +261,62 @@ def test_resume_is_bit_exact(tmp_path, overrides):
         assert all(torch.equal(pa[k], pb[k]) for k in pa), "resumed run diverged"
 
 
-def test_resume_refuses_other_settings_and_incomplete_checkpoints(tmp_path):
+@pytest.fixture
+def saved(tmp_path):
+    """A complete checkpoint at step 1, and the trainer that wrote it."""
     trainer = trainer_for(small_config())
-    trainer.save_checkpoint(tmp_path / "ckpt")
-    with pytest.raises(DMD2Error, match="ttur"):
-        trainer_for(small_config(ttur=3)).load_checkpoint(tmp_path / "ckpt")
-    (tmp_path / "ckpt" / "rng-0.pt").unlink()
-    with pytest.raises(DMD2Error, match="rng-0.pt is missing"):
-        trainer_for(small_config()).load_checkpoint(tmp_path / "ckpt")
+    trainer.step()
+    return trainer.save_checkpoint(tmp_path / "ckpt"), trainer
+
+
+def test_resume_refuses_other_settings_and_process_counts(saved):
+    folder, _ = saved
+    with pytest.raises(CheckpointError, match=r"different settings \(ttur\)"):
+        trainer_for(small_config(ttur=3)).load_checkpoint(folder)
+    manifest = json.loads((folder / "checkpoint.json").read_text())
+    (folder / "checkpoint.json").write_text(json.dumps({**manifest, "processes": 2}))
+    with pytest.raises(CheckpointError, match="saved by 2 process"):
+        trainer_for(small_config()).load_checkpoint(folder)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "rng-0.pt").unlink(), "rng-0.pt is missing"),
+    (lambda f: (f / "checkpoint.json").unlink(), "checkpoint.json is missing"),
+    (lambda f: (f / "checkpoint.json").write_text("{not json"), "checkpoint.json is damaged"),
+    (lambda f: (f / "critic.safetensors").write_bytes(b""), r"critic.safetensors has 0 bytes"),
+    (lambda f: (f / "optimizers.pt").write_bytes((f / "optimizers.pt").read_bytes()[:1000]),
+     r"optimizers.pt has 1,000 bytes"),
+], ids=["missing-file", "no-manifest", "bad-manifest", "zero-byte", "truncated"])
+def test_damaged_checkpoints_are_named_not_tracebacks(saved, damage, message):
+    folder, _ = saved
+    damage(folder)
+    with pytest.raises(CheckpointError, match=message) as e:
+        trainer_for(small_config()).load_checkpoint(folder)
+    assert str(folder) in str(e.value)
+
+
+def test_a_file_from_another_checkpoint_is_foreign(saved, tmp_path):
+    folder, trainer = saved
+    trainer.step()
+    other = trainer.save_checkpoint(tmp_path / "other")  # the same run one step later
+    shutil.copyfile(other / "rng-0.pt", folder / "rng-0.pt")
+    manifest = json.loads((folder / "checkpoint.json").read_text())
+    manifest["files"]["rng-0.pt"] = (folder / "rng-0.pt").stat().st_size  # even with a matching manifest
+    (folder / "checkpoint.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="rng-0.pt does not belong to this checkpoint .*copied in"):
+        trainer_for(small_config()).load_checkpoint(folder)
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint_newest(saved):
+    """A kill while writing step 2 leaves only its partial folder, which resuming never reads."""
+    folder, trainer = saved
+    partial = folder.parent / ".step-00000002.partial"
+    partial.mkdir()
+    (partial / "generator.safetensors").write_bytes(b"half")
+    assert latest_checkpoint(folder.parent) == folder
+    trainer.step()
+    assert trainer.save_checkpoint(folder.parent).name == "step-00000002"
+    assert [p.name for p in folder.parent.iterdir()] == ["step-00000002"]  # partial and step 1 cleaned up
 
 
 def test_config_rejects_bad_settings():
@@ -212,8 +343,7 @@ def test_backward_simulation_feeds_the_sampler_s_own_rollout():
             break
     else:
         pytest.fail("never drew the last trained step")
-    trainer.rng.set_state(state)
-    torch.randint(3, (), generator=trainer.rng)  # the step draw
+    trainer.rng.set_state(state)  # the step was drawn from shared_rng, the same in every process
     noise = torch.randn((1, 4, 8, 8), generator=trainer.rng)
     sigmas = sigmas_for_timesteps((999, 749, 499)).float()[:-1]
     expected = sample_dmd2(lambda x, s, **c: predict_x0(trainer.student(), x, s, c), noise * sigmas[0], sigmas,
@@ -297,7 +427,7 @@ def test_full_students_have_no_lora_to_export():
 # --- command line -----------------------------------------------------------------------------------------------
 
 
-def test_train_command_distils_a_diffusers_pipeline_and_resumes(tmp_path):
+def test_train_command_distils_a_diffusers_pipeline_and_resumes(tmp_path, fresh_accelerate_state):
     """`python -m distill train` on a (tiny) SDXL pipeline folder: trains, checkpoints, exports a LoRA our loaders
     and the standalone pipeline apply, and a rerun with more steps resumes from the checkpoint."""
     from distill.cli import main
@@ -312,7 +442,7 @@ def test_train_command_distils_a_diffusers_pipeline_and_resumes(tmp_path):
     info = inspect_file(tmp_path / "out" / "student_lora.safetensors")
     assert (info.kind, info.format, info.trained_timesteps) == ("lora", "kohya", (999, 499))
     assert main(["train", *args[:-3], "3", "--lr-generator", "1e-3"]) == 0
-    assert torch.load(tmp_path / "out" / "checkpoint" / "state.pt", weights_only=True)["step"] == 3
+    assert latest_checkpoint(tmp_path / "out" / "checkpoints").name == "step-00000003"
 
     pipe = tiny_sdxl_pipeline(tmp_path / "tok2")
     apply_dmd2_weights(pipe, tmp_path / "out" / "student_lora.safetensors", info)
@@ -329,4 +459,7 @@ def test_train_command_explains_bad_input(tmp_path, capsys):
     assert "has no prompts" in capsys.readouterr().err
     (tmp_path / "p.txt").write_text("a cat\n")
     assert main(["train", str(tmp_path / "nowhere"), "--prompts", str(tmp_path / "p.txt")]) == 1
-    assert "cannot load a diffusers pipeline" in capsys.readouterr().err
+    assert "no such file or folder" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    assert main(["train", str(tmp_path / "folder"), "--prompts", str(tmp_path / "p.txt")]) == 1
+    assert "cannot load a diffusers pipeline from" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -262,11 +262,12 @@ _ST_DTYPES = {dtype: name for name, dtype in _TORCH_DTYPES.items()}
 
 @dataclass(frozen=True)
 class TensorSource:
-    """A tensor to be written: its final dtype and shape, and how to load it when its turn comes."""
+    """A tensor to be written: its final dtype and shape, and how to load it when its turn comes: the whole tensor,
+    or an iterable of chunks along its first dimension (a tensor larger than memory, written as it is made)."""
 
     dtype: torch.dtype
     shape: tuple[int, ...]
-    load: Callable[[], torch.Tensor]
+    load: Callable[[], torch.Tensor | Iterable[torch.Tensor]]
 
 
 @contextmanager
@@ -304,10 +305,20 @@ def write_safetensors(path: Path | str, tensors: Mapping[str, TensorSource], met
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for name, src in tensors.items():
-            t = src.load().to("cpu", src.dtype).contiguous()
-            if tuple(t.shape) != tuple(src.shape):
-                raise CorruptFileError(f"{name}: declared shape {src.shape}, but it loaded as {tuple(t.shape)}")
-            f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            data = src.load()
+            if isinstance(data, torch.Tensor):
+                if tuple(data.shape) != tuple(src.shape):
+                    raise CorruptFileError(f"{name}: declared shape {src.shape}, but it loaded as {tuple(data.shape)}")
+                data = [data.reshape(1, -1) if data.ndim == 0 else data]
+            rows = 0
+            for t in data:  # one tensor, or chunks of its rows (a tensor larger than memory)
+                t = t.to("cpu", src.dtype).contiguous()
+                rows += len(t)
+                if src.shape and (tuple(t.shape[1:]) != tuple(src.shape[1:]) or rows > src.shape[0]):
+                    raise CorruptFileError(f"{name}: chunks of shape {tuple(t.shape)} do not make {src.shape}")
+                f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            if src.shape and rows != src.shape[0]:
+                raise CorruptFileError(f"{name}: declared {src.shape[0]} rows, the chunks had {rows}")
     return path
 
 
