@@ -10,6 +10,8 @@ from sampler.app.cli import run_command
 from sampler.errors import DMD2Error
 from sampler.plans import TRAINED_TIMESTEPS
 
+from .recipes import RECIPES, recipe_for
+
 
 def parse_timesteps(text: str) -> tuple[int, ...]:
     """A plan name ("sdxl_4step") or explicit timesteps ("999,749,499,249")."""
@@ -23,37 +25,52 @@ def parse_timesteps(text: str) -> tuple[int, ...]:
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by every training command (they map one to one onto DistillConfig)."""
-    p.add_argument("--timesteps", type=parse_timesteps, default=TRAINED_TIMESTEPS["sdxl_4step"],
-                   help="trained timesteps: a plan name or a list such as 999,749,499,249 (default: 4-step)")
-    p.add_argument("--guidance-scale", type=float, default=8.0, help="teacher CFG (DMD2: 8 SDXL, 1.75 SD1.5)")
+    """Options shared by every training command: a recipe, and any of its settings overridden one by one."""
+    p.add_argument("--recipe", choices=sorted(RECIPES),
+                   help="the official DMD2 settings to start from (default: sd15 for an SD1.5 teacher, sdxl-lora for "
+                        "SDXL, or sdxl-full with --full-unet); every option below overrides one of its numbers")
+    p.add_argument("--full-unet", action="store_true", help="SDXL: the full-UNet recipe (sdxl-full), not the LoRA")
+    p.add_argument("--timesteps", type=parse_timesteps,
+                   help="trained timesteps: a plan name or a list such as 999,749,499,249")
+    p.add_argument("--guidance-scale", type=float, help="teacher CFG (DMD2: 8 SDXL, 1.75 SD1.5)")
     p.add_argument("--steps", type=int, default=1000, help="training steps (one critic update each)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--ttur", type=int, default=5, help="critic updates per generator update (default: 5)")
-    p.add_argument("--lr-generator", type=float, default=5e-7)
-    p.add_argument("--lr-critic", type=float, default=5e-7)
-    p.add_argument("--gan-generator-weight", type=float, default=5e-3)
-    p.add_argument("--gan-discriminator-weight", type=float, default=1e-2)
+    p.add_argument("--batch-size", type=int, help="per process (GPU); the global batch is this x processes")
+    p.add_argument("--ttur", type=int, help="critic updates per generator update (DMD2: 5 SDXL, 10 SD1.5)")
+    p.add_argument("--lr-generator", type=float)
+    p.add_argument("--lr-critic", type=float)
+    p.add_argument("--warmup-steps", type=int,
+                   help="linear learning-rate warmup, in per-process batches (DMD2: 500, i.e. 500 / processes steps)")
+    p.add_argument("--gan-generator-weight", type=float)
+    p.add_argument("--gan-discriminator-weight", type=float)
     p.add_argument("--no-gan", action="store_true", help="no GAN term (needed when there are no real images)")
-    p.add_argument("--divergence", choices=["reverse_kl", "forward_kl", "js"], default="reverse_kl",
+    p.add_argument("--divergence", choices=["reverse_kl", "forward_kl", "js"],
                    help="f-distill weighting (reverse_kl is DMD2)")
     p.add_argument("--lora-rank", type=int, help="train a LoRA of this rank instead of the full UNet (DMD2: 64)")
-    p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default rank / 8, as DMD2's released LoRA)")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="less memory, ~30%% slower")
+    p.add_argument("--lora-alpha", type=float, help="LoRA alpha (DMD2: 8 at rank 64)")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="(recipes: bf16, as DMD2)")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                   help="less memory, ~30%% slower (DMD2: on for SD1.5)")
     p.add_argument("--seed", type=int, default=0)
 
 
-def config_from_args(args: argparse.Namespace, **overrides):
+#: command-line option -> DistillConfig field, for the options that override a recipe's number
+_OVERRIDES = {"timesteps": "trained_timesteps", "guidance_scale": "guidance_scale", "batch_size": "batch_size",
+              "ttur": "ttur", "lr_generator": "lr_generator", "lr_critic": "lr_critic",
+              "warmup_steps": "warmup_steps", "gan_generator_weight": "gan_generator_weight",
+              "gan_discriminator_weight": "gan_discriminator_weight", "divergence": "divergence",
+              "lora_rank": "lora_rank", "lora_alpha": "lora_alpha", "mixed_precision": "mixed_precision",
+              "gradient_checkpointing": "gradient_checkpointing", "seed": "seed"}
+
+
+def config_from_args(args: argparse.Namespace, recipe: str, **overrides):
+    """The recipe's settings, then every option given on the command line, then `overrides`."""
     from .trainer import DistillConfig
 
-    settings = dict(
-        trained_timesteps=args.timesteps, guidance_scale=args.guidance_scale, batch_size=args.batch_size,
-        ttur=args.ttur, lr_generator=args.lr_generator, lr_critic=args.lr_critic,
-        gan_generator_weight=0.0 if args.no_gan else args.gan_generator_weight,
-        gan_discriminator_weight=0.0 if args.no_gan else args.gan_discriminator_weight,
-        divergence=args.divergence, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-        mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing, seed=args.seed)
+    settings = dict(RECIPES[recipe])
+    settings.update({field: getattr(args, option) for option, field in _OVERRIDES.items()
+                     if getattr(args, option) is not None})
+    if args.no_gan:
+        settings.update(gan_generator_weight=0.0, gan_discriminator_weight=0.0)
     settings.update(overrides)
     return DistillConfig(**settings)
 
@@ -86,7 +103,6 @@ def run_train(args: argparse.Namespace) -> int:
     from .trainer import DistillTrainer
 
     prompts = read_prompts(args.prompts)
-    config = config_from_args(args)
     try:
         pipe = DiffusionPipeline.from_pretrained(str(args.teacher))
     except (OSError, ValueError) as e:
@@ -99,7 +115,13 @@ def run_train(args: argparse.Namespace) -> int:
         if "prompt_ids" in tensors:
             real_prompts = [prompts[i] for i in tensors["prompt_ids"].tolist()]
     size = args.size or pipe.unet.config.sample_size * 8
+    recipe = args.recipe or recipe_for("sdxl" if hasattr(pipe, "text_encoder_2") else "sd15", not args.full_unet)
+    config = config_from_args(args, recipe)
     trainer = DistillTrainer(pipe.unet, PipelineData(pipe, prompts, size, real, real_prompts), config)
+    if trainer.acc.is_main_process:
+        print(f"[DMD2] recipe {recipe}; {trainer.acc.num_processes} process(es) x batch {config.batch_size} = "
+              f"global batch {trainer.global_batch_size}; {trainer.acc.distributed_type.value} on "
+              f"{trainer.acc.device.type}")
     pipe.text_encoder.to(trainer.acc.device)
     if getattr(pipe, "text_encoder_2", None) is not None:
         pipe.text_encoder_2.to(trainer.acc.device)

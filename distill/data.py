@@ -24,7 +24,8 @@ class DistillData(Protocol):
         """n training prompts."""
 
     def cond(self, prompts: Sequence[str]) -> dict[str, Any]:
-        """UNet keyword arguments (encoder_hidden_states, ...) for `prompts`; "" is the unconditional prompt."""
+        """UNet keyword arguments (encoder_hidden_states, ...) for `prompts`; "" is the unconditional prompt (the
+        real score's classifier-free guidance asks for it)."""
 
     def real_batch(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]] | None:
         """n real latents and their prompts for the GAN, or None when the problem has no real data."""
@@ -67,7 +68,13 @@ class PipelineData:
 
         if self.is_sdxl:
             cond = sdxl_conditioning(self.pipe, [prompt], self.size, self.size)
-            return {"encoder_hidden_states": cond["encoder_hidden_states"], **cond["added_cond_kwargs"]}
+            text = {"encoder_hidden_states": cond["encoder_hidden_states"],
+                    "text_embeds": cond["added_cond_kwargs"]["text_embeds"]}
+            if prompt == "" and self.pipe.config.get("force_zeros_for_empty_prompt", True):
+                # SDXL's unconditional input is zeros, not the encoded "" (diffusers' force_zeros_for_empty_prompt;
+                # the official DMD2 real score does the same, main/sd_unified_model.py:258-262)
+                text = {k: torch.zeros_like(v) for k, v in text.items()}
+            return {**text, "time_ids": cond["added_cond_kwargs"]["time_ids"]}
         embeds = self.pipe.encode_prompt(prompt, self.pipe.unet.device, 1, False)[0]
         return {"encoder_hidden_states": embeds}
 

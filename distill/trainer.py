@@ -1,13 +1,15 @@
 """The DMD2 training loop (Yin et al. 2024, "Improved Distribution Matching Distillation for Fast Image Synthesis").
 
 One `step()` is one update of the critic (fake-score UNet + GAN head) and, every `ttur`-th step, first one update
-of the generator (two time-scale update rule, DMD2 sec. 4.2). The generator's inputs come from backward simulation:
+of the generator (two time-scale update rule, DMD2 sec. 4.2), in the official code's order (tianweiy/DMD2
+main/train_sd.py; docs/training.md maps each number to its line). The generator's inputs come from backward simulation:
 its own no-grad rollout on the trained timesteps, made by `sample_dmd2` itself, so training and inference share one
 definition of the timesteps and the re-noise (sec. 4.4). Runs under `accelerate` (one GPU, many, or the CPU).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -29,18 +31,21 @@ from .models import build_critic, build_generator, concat_cond, guided_x0, predi
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Hyper-parameters; defaults follow DMD2's SDXL recipe where it gives one."""
+    """Hyper-parameters. Defaults are DMD2's SDXL 4-step full-UNet recipe (`distill.recipes.RECIPES["sdxl-full"]`);
+    docs/training.md gives the official file and line of each. Timestep ranges are inclusive."""
 
     trained_timesteps: tuple[int, ...] = DEFAULT_TRAINED
     guidance_scale: float = 8.0  # real-score CFG (DMD2: 8 for SDXL, 1.75 for SD1.5)
-    batch_size: int = 4
+    batch_size: int = 2  # per process; the global batch is this times the number of processes
     ttur: int = 5  # critic updates per generator update
     lr_generator: float = 5e-7
     lr_critic: float = 5e-7
+    warmup_steps: int = 500  # linear warmup from 0, counted in per-process batches (steps x processes), as official
     weight_decay: float = 0.01
     max_grad_norm: float = 10.0
-    min_t: int = 20  # DMD loss / fake-score timesteps ~ U[min_t, max_t]
-    max_t: int = 980
+    dm_timesteps: tuple[int, int] = (20, 980)  # distribution-matching loss: t ~ U[20, 980]
+    fake_score_timesteps: tuple[int, int] = (0, 999)  # the fake score's denoising loss
+    gan_timesteps: tuple[int, int] = (0, 999)  # noise on the GAN's real and generated inputs, drawn fresh
     gan_generator_weight: float = 5e-3  # 0 and gan_discriminator_weight 0: no GAN
     gan_discriminator_weight: float = 1e-2
     regression_weight: float = 0.0  # DMD v1 regression loss on teacher (noise, image) pairs
@@ -53,19 +58,37 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trained_timesteps", check_trained(self.trained_timesteps))
-        if not 0 <= self.min_t <= self.max_t < len(training_sigmas()):
-            raise ValueError(f"need 0 <= min_t <= max_t <= 999, got {self.min_t}, {self.max_t}")
+        for name in ("dm_timesteps", "fake_score_timesteps", "gan_timesteps"):
+            low, high = value = tuple(getattr(self, name))
+            if not 0 <= low <= high < len(training_sigmas()):
+                raise ValueError(f"{name} must be (low, high) with 0 <= low <= high <= 999, got {value}")
+            object.__setattr__(self, name, value)
         if self.ttur < 1 or self.batch_size < 1:
             raise ValueError(f"ttur and batch_size must be >= 1, got {self.ttur}, {self.batch_size}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.divergence not in losses.DIVERGENCES:
             raise ValueError(f"divergence must be one of {losses.DIVERGENCES}, got {self.divergence!r}")
         if self.divergence != "reverse_kl" and not self.uses_gan:
             raise ValueError(f"the {self.divergence} weighting needs the GAN discriminator's density ratio: "
                              f"set gan_discriminator_weight > 0")
+        if self.gan_generator_weight > 0 and not self.uses_gan:
+            raise ValueError("the generator's GAN term needs a discriminator: set gan_discriminator_weight > 0 too")
 
     @property
     def uses_gan(self) -> bool:
-        return self.gan_generator_weight > 0 or self.gan_discriminator_weight > 0
+        """Whether the critic has a GAN head (trained by the discriminator term)."""
+        return self.gan_discriminator_weight > 0
+
+
+def warmup_factor(step: int, warmup_steps: int, num_processes: int = 1) -> float:
+    """The learning-rate multiplier at training step `step`: linear from 0 over `warmup_steps`, then 1.
+
+    As diffusers' constant_with_warmup schedule stepped by accelerate, which advances it once per process each step
+    (so the official 500-step warmup lasts 500 / number-of-GPUs steps), and the very first update has rate 0.
+    """
+    done = step * num_processes
+    return 1.0 if done >= warmup_steps else done / warmup_steps
 
 
 class DistillTrainer:
@@ -82,10 +105,13 @@ class DistillTrainer:
                             "the GAN off (gan weights 0)")
         if config.regression_weight > 0 and data.regression_batch(1, torch.Generator().manual_seed(0)) is None:
             raise DMD2Error("the regression loss needs teacher (noise, image) pairs and this problem has none")
-        torch.manual_seed(config.seed)  # the GAN head's and the LoRA's initial weights
+        torch.manual_seed(config.seed)  # the GAN head's and the LoRA's initial weights, the same in every process
+        real_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32)
         self.real = teacher.requires_grad_(False).eval().to(self.acc.device)
+        if real_dtype != torch.float32:
+            self.real.to(real_dtype)  # no gradients through the real score: half precision is enough (as official)
         generator = build_generator(teacher, config.lora_rank, config.lora_alpha)
-        critic = build_critic(teacher)
+        critic = build_critic(teacher, data.latent_shape if config.uses_gan else None)
         if config.gradient_checkpointing:
             generator.enable_gradient_checkpointing()
             critic.unet.enable_gradient_checkpointing()
@@ -93,22 +119,27 @@ class DistillTrainer:
                                   weight_decay=config.weight_decay)
         opt_c = torch.optim.AdamW(critic.parameters(), lr=config.lr_critic, weight_decay=config.weight_decay)
         self.generator, self.critic, self.opt_g, self.opt_c = self.acc.prepare(generator, critic, opt_g, opt_c)
+        #: this process's draws (prompts, noise, timesteps): different in every process
         self.rng = torch.Generator().manual_seed(config.seed + 1000 * self.acc.process_index)
+        #: draws that decide how much work a step does (the backward-simulation depth): the same in every process,
+        #: so all of them run the same forwards (FSDP gathers weights in each), as the official code broadcasts it
+        self.shared_rng = torch.Generator().manual_seed(config.seed + 999_999)
         self.sigma_table = training_sigmas().float()
         self.step_count = 0
 
-    # --- random draws (all from self.rng, on the CPU, so a resumed run draws the same numbers) --------------------
+    @property
+    def global_batch_size(self) -> int:
+        return self.config.batch_size * self.acc.num_processes
+
+    # --- random draws (all from the CPU generators, so a resumed run draws the same numbers) ---------------------
 
     def _randn(self, n: int) -> torch.Tensor:
         return torch.randn((n, *self.data.latent_shape), generator=self.rng).to(self.acc.device)
 
-    def _random_sigmas(self, n: int) -> torch.Tensor:
-        t = torch.randint(self.config.min_t, self.config.max_t + 1, (n,), generator=self.rng)
-        return self.sigma_table[t].to(self.acc.device)
-
-    def _noised(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x + sigma * noise, sigma, noise) at timesteps ~ U[min_t, max_t] (variance-exploding form)."""
-        sigma, noise = self._random_sigmas(len(x)), self._randn(len(x))
+    def _noised(self, x: torch.Tensor, timesteps: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x + sigma * noise, sigma, noise) at fresh timesteps ~ U[low, high] (variance-exploding form)."""
+        t = torch.randint(timesteps[0], timesteps[1] + 1, (len(x),), generator=self.rng)
+        sigma, noise = self.sigma_table[t].to(self.acc.device), self._randn(len(x))
         return x + sigma.view(-1, *([1] * (x.ndim - 1))) * noise, sigma, noise
 
     # --- the generator's inputs ----------------------------------------------------------------------------------
@@ -121,34 +152,56 @@ class DistillTrainer:
         then k no-grad generator steps with fresh re-noise, by `sample_dmd2` on the first k + 1 trained timesteps.
         """
         trained = self.config.trained_timesteps
-        k = int(torch.randint(len(trained), (), generator=self.rng))
+        k = int(torch.randint(len(trained), (), generator=self.shared_rng))
         sigmas = sigmas_for_timesteps(trained[:k + 1]).float().to(self.acc.device)[:-1]
         noise = self._randn(n)
         if k == 0:
             x = pure_noise_input(noise, float(sigmas[0]))
         else:
-            generator = self.acc.unwrap_model(self.generator)
-            x = sample_dmd2(lambda x, s, **c: predict_x0(generator, x, s, c), noise * sigmas[0], sigmas,
-                            extra_args=cond, disable=True, noise_sampler=lambda s, s_next: self._randn(n),
-                            pure_noise=True)
+            with self.acc.autocast():
+                x = sample_dmd2(lambda x, s, **c: predict_x0(self.generator, x, s, c).float(), noise * sigmas[0],
+                                sigmas, extra_args=cond, disable=True,
+                                noise_sampler=lambda s, s_next: self._randn(n), pure_noise=True)
         return x, sigmas[-1].expand(n)
 
     # --- updates -------------------------------------------------------------------------------------------------
 
-    def generator_step(self) -> dict[str, float]:
-        """One generator update: distribution matching (+ GAN generator term, + regression)."""
-        cfg, n = self.config, self.config.batch_size
-        prompts = self.data.sample_prompts(n, self.rng)
-        cond, uncond = self.data.cond(prompts), self.data.cond([""] * n)
-        x_in, sigma_in = self.simulate_inputs(cond, n)
+    def _set_learning_rates(self) -> None:
+        factor = warmup_factor(self.step_count, self.config.warmup_steps, self.acc.num_processes)
+        for optimizer, lr in ((self.opt_g, self.config.lr_generator), (self.opt_c, self.config.lr_critic)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * factor
+
+    def generator_update(self, x_in: torch.Tensor, sigma_in: torch.Tensor, cond: dict[str, Any]
+                         ) -> tuple[torch.Tensor, dict[str, float]]:
+        """One generator update: distribution matching (+ GAN generator term, + regression). Returns the generator's
+        samples from before the update (the critic trains on them next, as in the official loop) and the losses.
+
+        The critic takes part with its parameters frozen (official main/sd_unified_model.py:303-310), so this turn
+        leaves no gradient, and no pending gradient reduction, on it.
+        """
+        cfg, n = self.config, len(x_in)
+        uncond = self.data.cond([""] * n)
         logs: dict[str, float] = {}
         with self.acc.autocast():
-            x = predict_x0(self.generator, x_in, sigma_in, cond).float()
-            x_t, sigma, _ = self._noised(x)
+            if cfg.regression_weight > 0:  # the regression pairs ride in the same generator forward
+                noise, target, pair_prompts = self.data.regression_batch(n, self.rng)
+                sigma0 = self.sigma_table[cfg.trained_timesteps[0]].to(self.acc.device).expand(n)
+                pure = pure_noise_input(noise.to(self.acc.device), float(sigma0[0]))
+                both = predict_x0(self.generator, torch.cat([x_in, pure]), torch.cat([sigma_in, sigma0]),
+                                  concat_cond(cond, self.data.cond(pair_prompts))).float()
+                x, x_pair = both[:n], both[n:]
+            else:
+                x = predict_x0(self.generator, x_in, sigma_in, cond).float()
+            x_t, sigma, _ = self._noised(x.detach(), cfg.dm_timesteps)
             with torch.no_grad():
-                x0_real = guided_x0(self.real, x_t.detach(), sigma, cond, uncond, cfg.guidance_scale).float()
-            with torch.set_grad_enabled(cfg.gan_generator_weight > 0):
-                x0_fake, logits = self.critic(x_t if cfg.gan_generator_weight > 0 else x_t.detach(), sigma, cond)
+                x0_real = guided_x0(self.real, x_t, sigma, cond, uncond, cfg.guidance_scale).float()
+            classify = None
+            if cfg.uses_gan and (cfg.gan_generator_weight > 0 or cfg.divergence != "reverse_kl"):
+                x_gan, sigma_gan, _ = self._noised(x if cfg.gan_generator_weight > 0 else x.detach(), cfg.gan_timesteps)
+                classify = (x_gan, sigma_gan, cond)
+            with frozen(self.critic):
+                x0_fake, logits = self.critic(denoise=(x_t, sigma, cond), classify=classify)
             weights = None if cfg.divergence == "reverse_kl" else losses.f_divergence_weights(logits, cfg.divergence)
             loss = losses.distribution_matching_loss(x, x0_fake.float(), x0_real, weights)
             logs["gen/dm"] = loss.item()
@@ -157,10 +210,6 @@ class DistillTrainer:
                 logs["gen/gan"] = gan.item()
                 loss = loss + cfg.gan_generator_weight * gan
             if cfg.regression_weight > 0:
-                noise, target, pair_prompts = self.data.regression_batch(n, self.rng)
-                sigma0 = self.sigma_table[cfg.trained_timesteps[0]].to(self.acc.device).expand(n)
-                pure = pure_noise_input(noise.to(self.acc.device), float(sigma0[0]))
-                x_pair = predict_x0(self.generator, pure, sigma0, self.data.cond(pair_prompts)).float()
                 reg = losses.regression_loss(x_pair, target.to(self.acc.device))
                 logs["gen/regression"] = reg.item()
                 loss = loss + cfg.regression_weight * reg
@@ -168,45 +217,50 @@ class DistillTrainer:
         self.acc.backward(loss)
         self.acc.clip_grad_norm_([p for p in self.generator.parameters() if p.requires_grad], cfg.max_grad_norm)
         self.opt_g.step()
-        return logs
+        return x.detach(), logs
 
-    def critic_step(self) -> dict[str, float]:
-        """One critic update: denoising loss on fresh generator samples (+ GAN discriminator on real vs fake)."""
-        cfg, n = self.config, self.config.batch_size
-        prompts = self.data.sample_prompts(n, self.rng)
-        cond = self.data.cond(prompts)
-        x_in, sigma_in = self.simulate_inputs(cond, n)
+    def critic_update(self, x: torch.Tensor, cond: dict[str, Any]) -> dict[str, float]:
+        """One critic update on generator samples `x`: the fake score's denoising loss (t ~ U[0, 999]) and, with the
+        GAN, the discriminator's real-vs-generated loss on freshly noised real and generated samples, all in one
+        critic forward (one gradient reduction under DDP)."""
+        cfg, n = self.config, len(x)
         logs: dict[str, float] = {}
         with self.acc.autocast():
-            with torch.no_grad():
-                x = predict_x0(self.acc.unwrap_model(self.generator), x_in, sigma_in, cond).float()
-            x_t, sigma, noise = self._noised(x)
-            if cfg.gan_discriminator_weight > 0:
-                # real and generated samples in one critic forward: one pass, and one gradient sync under DDP
+            x_t, sigma, noise = self._noised(x, cfg.fake_score_timesteps)
+            classify = None
+            if cfg.uses_gan:
                 real, real_prompts = self.data.real_batch(n, self.rng)
-                real_t, real_sigma, _ = self._noised(real.to(self.acc.device).float())
-                x0_both, logits = self.critic(torch.cat([x_t, real_t]), torch.cat([sigma, real_sigma]),
-                                              concat_cond(cond, self.data.cond(real_prompts)))
-                x0_fake, (logits_fake, logits_real) = x0_both[:n], logits.chunk(2)
-            else:
-                x0_fake, _ = self.critic(x_t, sigma, cond)
+                both = torch.cat([x, real.to(self.acc.device).float()])
+                both_t, both_sigma, _ = self._noised(both, cfg.gan_timesteps)
+                classify = (both_t, both_sigma, concat_cond(cond, self.data.cond(real_prompts)))
+            x0_fake, logits = self.critic(denoise=(x_t, sigma, cond), classify=classify)
             eps = (x_t - x0_fake.float()) / sigma.view(-1, *([1] * (x.ndim - 1)))
             loss = losses.denoising_loss(eps, noise)
             logs["critic/denoise"] = loss.item()
-            if cfg.gan_discriminator_weight > 0:
+            if cfg.uses_gan:
+                logits_fake, logits_real = logits.chunk(2)
                 gan = losses.gan_discriminator_loss(logits_real, logits_fake)
                 logs["critic/gan"] = gan.item()
                 loss = loss + cfg.gan_discriminator_weight * gan
         self.opt_c.zero_grad(set_to_none=True)
         self.acc.backward(loss)
-        self.acc.clip_grad_norm_(self.critic.parameters(), self.config.max_grad_norm)
+        self.acc.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
         self.opt_c.step()
         return logs
 
     def step(self) -> dict[str, float]:
-        """One training step: the generator first on every ttur-th step (as DMD2 does), then the critic."""
-        logs = self.generator_step() if self.step_count % self.config.ttur == 0 else {}
-        logs.update(self.critic_step())
+        """One training step (official main/train_sd.py:322-408): the generator maps backward-simulated inputs to
+        samples and, on every ttur-th step, is updated on them first; then the critic trains on those samples."""
+        cfg, n = self.config, self.config.batch_size
+        self._set_learning_rates()
+        cond = self.data.cond(self.data.sample_prompts(n, self.rng))
+        x_in, sigma_in = self.simulate_inputs(cond, n)
+        if self.step_count % cfg.ttur == 0:
+            x, logs = self.generator_update(x_in, sigma_in, cond)
+        else:
+            with torch.no_grad(), self.acc.autocast():
+                x, logs = predict_x0(self.generator, x_in, sigma_in, cond).float(), {}
+        logs.update(self.critic_update(x, cond))
         self.step_count += 1
         return logs
 
@@ -250,7 +304,7 @@ class DistillTrainer:
                 "opt_generator": self.opt_g.state_dict(),
                 "opt_critic": self.opt_c.state_dict(),
             }, folder / "state.pt")
-        rng = {"trainer": self.rng.get_state(), "torch": torch.get_rng_state()}
+        rng = {"trainer": self.rng.get_state(), "shared": self.shared_rng.get_state(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         _atomic_save(rng, folder / f"rng-{self.acc.process_index}.pt")
@@ -278,6 +332,7 @@ class DistillTrainer:
         self.opt_c.load_state_dict(state["opt_critic"])
         self.step_count = int(state["step"])
         self.rng.set_state(rng["trainer"])
+        self.shared_rng.set_state(rng["shared"])
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -285,6 +340,19 @@ class DistillTrainer:
     def student(self) -> nn.Module:
         """The generator UNet (with its LoRA adapter, if any), unwrapped from accelerate."""
         return self.acc.unwrap_model(self.generator)
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Parameters of `module` need no gradient inside the block (gradients still flow through it to its inputs)."""
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 def pure_noise_input(noise: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -10,12 +10,13 @@ import torch
 
 from distill import losses
 from distill.export import export_lora, export_unet, kohya_lora_state_dict, merged_unet
-from distill.models import build_generator, guided_x0, predict_x0
+from distill.models import GANHead, bottleneck_size, build_generator, guided_x0, predict_x0, unet_bottleneck
 from distill.trainer import DistillConfig, DistillTrainer
 from sampler.models.checkpoints import TRAINED_TIMESTEPS_KEY, inspect_file
 from sampler.models.files import load_state_dict
 from sampler.errors import DMD2Error
-from sampler.models.tiny import tiny_sd15_unet
+from sampler.models.tiny import tiny_sd15_unet, tiny_sdxl_unet
+from sampler.shapes.world import shapes_unet
 
 # --- losses -----------------------------------------------------------------------------------------------------
 
@@ -82,6 +83,70 @@ def test_guided_x0_is_classifier_free_guidance():
         assert torch.equal(guided_x0(unet, x, sigma, cond, uncond, 1.0), c)
 
 
+# --- the critic and its GAN head ---------------------------------------------------------------------------------
+
+
+def _layers(head) -> list[tuple]:
+    out = []
+    for m in head.net:
+        if isinstance(m, torch.nn.Conv2d):
+            out.append(("conv", m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding))
+        elif isinstance(m, torch.nn.GroupNorm):
+            out.append(("gn", m.num_groups, m.num_channels))
+        else:
+            out.append((type(m).__name__,))
+    return out
+
+
+def test_gan_head_is_the_official_architecture():
+    """Layer for layer the heads of tianweiy/DMD2 main/sd_guidance.py:107-122 (SDXL, 1024 px: 32x32 bottleneck) and
+    :125-133 (SD1.5, 512 px: 8x8), transcribed from the official code."""
+    def block(kernel, stride, padding):
+        return [("conv", 1280, 1280, (kernel, kernel), (stride, stride), (padding, padding)), ("gn", 32, 1280),
+                ("SiLU",)]
+
+    out = [("conv", 1280, 1, (1, 1), (1, 1), (0, 0))]
+    assert _layers(GANHead(1280, (32, 32))) == block(4, 2, 1) * 3 + block(4, 4, 0) + out
+    assert _layers(GANHead(1280, (8, 8))) == block(4, 2, 1) + block(4, 4, 0) + out
+    logits = GANHead(64, (32, 24))(torch.randn(3, 64, 32, 24))  # non-square (SDXL 1024x768) still ends at 1x1
+    assert logits.shape == (3,)
+
+
+@pytest.mark.parametrize("make", [tiny_sd15_unet, tiny_sdxl_unet, shapes_unet], ids=["sd15", "sdxl", "shapes"])
+def test_unet_bottleneck_is_the_mid_block_output_of_a_full_forward(make):
+    """The classify path stops at the bottleneck: the same tensor diffusers' own forward hands the up blocks."""
+    unet = make()
+    c, size = unet.config.in_channels, unet.config.sample_size
+    x, t = torch.randn(2, c, size, size), torch.tensor([999, 3])
+    kwargs = {"encoder_hidden_states": torch.randn(2, 3, unet.config.cross_attention_dim)}
+    if unet.config.addition_embed_type == "text_time":
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(2, 12), "time_ids": torch.randn(2, 6)}
+    seen = []
+    handle = unet.mid_block.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        unet(x, t, **kwargs)
+        handle.remove()
+        mine = unet_bottleneck(unet, x, t, kwargs["encoder_hidden_states"], kwargs.get("added_cond_kwargs"))
+    assert torch.equal(mine, seen[0])
+    assert mine.shape[2:] == bottleneck_size(unet, (size, size))
+
+
+def test_each_update_trains_all_it_owns_and_nothing_else():
+    """What DDP needs: a critic update gives every critic parameter a gradient (fake score and GAN head in one
+    forward); a generator update gives every trainable generator parameter one and leaves the critic untouched."""
+    trainer = trainer_for(small_config(ttur=1))
+    cond = trainer.data.cond(["red", "blue"])
+    x_in, sigma_in = trainer.simulate_inputs(cond, 2)
+    x, _ = trainer.generator_update(x_in, sigma_in, cond)
+    assert all(p.grad is None for p in trainer.critic.parameters())
+    assert all(p.grad is not None for p in trainer.generator.parameters() if p.requires_grad)
+    assert all(p.requires_grad for p in trainer.critic.parameters())  # unfrozen again
+    trainer.critic_update(x, cond)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.critic.parameters())
+    without_gan = trainer_for(small_config(gan_generator_weight=0, gan_discriminator_weight=0))
+    assert without_gan.acc.unwrap_model(without_gan.critic).head is None
+
+
 # --- training ---------------------------------------------------------------------------------------------------
 
 
@@ -114,7 +179,7 @@ class RandomData:
 
 def small_config(**overrides) -> DistillConfig:
     settings = dict(trained_timesteps=(999, 499), guidance_scale=2.0, batch_size=2, ttur=2, lr_generator=1e-3,
-                    lr_critic=1e-3, gan_generator_weight=0.1, gan_discriminator_weight=0.1)
+                    lr_critic=1e-3, warmup_steps=0, gan_generator_weight=0.1, gan_discriminator_weight=0.1)
     settings.update(overrides)
     return DistillConfig(**settings)
 
@@ -132,7 +197,7 @@ def params(module) -> dict[str, torch.Tensor]:
 def critic_eval_loss(trainer: DistillTrainer, batch: dict) -> float:
     """The critic's denoising loss on a fixed batch of generator samples, noise and timesteps."""
     with torch.no_grad():
-        x0, _ = trainer.critic(batch["x_t"], batch["sigma"], batch["cond"])
+        x0, _ = trainer.critic(denoise=(batch["x_t"], batch["sigma"], batch["cond"]))
         eps = (batch["x_t"] - x0) / batch["sigma"].view(-1, 1, 1, 1)
         return losses.denoising_loss(eps, batch["noise"]).item()
 
@@ -211,8 +276,7 @@ def test_backward_simulation_feeds_the_sampler_s_own_rollout():
             break
     else:
         pytest.fail("never drew the last trained step")
-    trainer.rng.set_state(state)
-    torch.randint(3, (), generator=trainer.rng)  # the step draw
+    trainer.rng.set_state(state)  # the step was drawn from shared_rng, the same in every process
     noise = torch.randn((1, 4, 8, 8), generator=trainer.rng)
     sigmas = sigmas_for_timesteps((999, 749, 499)).float()[:-1]
     expected = sample_dmd2(lambda x, s, **c: predict_x0(trainer.student(), x, s, c), noise * sigmas[0], sigmas,
@@ -296,7 +360,17 @@ def test_full_students_have_no_lora_to_export():
 # --- command line -----------------------------------------------------------------------------------------------
 
 
-def test_train_command_distils_a_diffusers_pipeline_and_resumes(tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state (mixed precision, device); the command makes its own Accelerator."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def test_train_command_distils_a_diffusers_pipeline_and_resumes(tmp_path, fresh_accelerate_state):
     """`python -m distill train` on a (tiny) SDXL pipeline folder: trains, checkpoints, exports a LoRA our loaders
     and the standalone pipeline apply, and a rerun with more steps resumes from the checkpoint."""
     from distill.cli import main

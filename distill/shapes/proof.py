@@ -97,7 +97,7 @@ class Run:
 
 
 #: Shared recipe (see the README's "The proof at small scale" for how it was chosen).
-RECIPE = dict(guidance_scale=GUIDANCE, batch_size=8, ttur=5, lr_generator=1e-4, lr_critic=1e-4,
+RECIPE = dict(guidance_scale=GUIDANCE, batch_size=8, ttur=5, lr_generator=1e-4, lr_critic=1e-4, warmup_steps=0,
               gan_generator_weight=3e-3, gan_discriminator_weight=1e-2, max_grad_norm=1.0, weight_decay=0.0)
 #: The 1-step students start from pure noise at t=399, as DMD2's SDXL 1-step model: an epsilon UNet's x0 at t=999
 #: is sqrt(1 + sigma^2) * noise - sigma * eps with sigma = 14.6, so every error of eps is multiplied by 14.6; at 399
