@@ -48,12 +48,23 @@ def test_measured_sizes_of_rendered_squares_follow_the_renderer():
 
 
 def test_a_collapsed_set_has_no_spread_and_real_data_has_one():
-    real = shape_measurements(render(list(PROMPTS) * 10, torch.Generator().manual_seed(0)))
-    collapsed = shape_measurements(torch.stack([square_image(9, 9, 14)] * 20))
-    summary = summarise(collapsed, real)
-    assert summary["size_spread"] == pytest.approx(0, abs=1e-3)
+    prompts = ["red square"] * 100 + ["red circle"] * 100
+    real = shape_measurements(render(prompts, torch.Generator().manual_seed(0)))
+    collapsed = shape_measurements(torch.stack([square_image(9, 9, 14)] * 100 + [square_image(5, 7, 18)] * 100))
+    summary = summarise(collapsed, real, prompts)
+    assert summary["size_spread"] == pytest.approx(0, abs=1e-3)  # two sizes, but one per prompt
     assert summary["position_spread"] == pytest.approx(0, abs=1e-3)
-    assert summarise(real, real)["size_spread"] == summarise(real, real)["position_spread"] == pytest.approx(1)
+    assert summarise(real, real, prompts)["size_spread"] == pytest.approx(1)
+    assert summarise(real, real, prompts)["position_spread"] == pytest.approx(1)
+
+
+def test_spreads_are_pooled_within_prompts():
+    """Sizes 1, 3 for one prompt and 11, 13 for another: within-prompt sd sqrt(2) each, although overall it is ~5."""
+    from distill.shapes.statistics import pooled_spread
+
+    values = torch.tensor([1.0, 3.0, 11.0, 13.0])
+    assert pooled_spread(values, ["a", "a", "b", "b"]) == pytest.approx(2**0.5)
+    assert pooled_spread(values, ["a", "b", "a", "b"]) == pytest.approx(50**0.5)
 
 
 def test_nice_ticks():

@@ -82,7 +82,7 @@ class Evaluator:
         """Scores of images in [-1, 1], one per EVAL_PROMPTS entry."""
         images = images.cpu()
         return {**evaluate(self.classifier, images, EVAL_PROMPTS, self.reference),
-                **summarise(shape_measurements(images), self.real)}
+                **summarise(shape_measurements(images), self.real, EVAL_PROMPTS)}
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ robust to a few stray pixels), and the shape is the coverage map.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 #: Coverage band of an edge pixel: partly shape, partly background.
@@ -54,22 +56,35 @@ def shape_measurements(images: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-def position_spread(measurements: dict[str, torch.Tensor]) -> float:
-    """Standard deviation of shape centres in pixels, x and y pooled: sqrt((var x + var y) / 2)."""
-    return float(((measurements["centre_x"].var() + measurements["centre_y"].var()) / 2).sqrt())
+def pooled_spread(values: torch.Tensor, groups: Sequence[str]) -> float:
+    """Standard deviation within groups (images of one prompt), pooled: sqrt of the mean within-group variance.
+
+    Within a prompt, so that a circle's and a cross's different areas at the same size do not count as diversity.
+    """
+    labels = sorted(set(groups))
+    index = torch.tensor([labels.index(g) for g in groups])
+    variances = [values[index == k].var(dim=0).mean() for k in range(len(labels))]
+    return float(torch.stack(variances).mean().sqrt())
 
 
-def summarise(measurements: dict[str, torch.Tensor], real: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Means of a set's measurements, and its size and position spread as multiples of the real data's.
+def summarise(measurements: dict[str, torch.Tensor], real: dict[str, torch.Tensor],
+              prompts: Sequence[str]) -> dict[str, float]:
+    """Means of a set's measurements, and its size and position spread as multiples of real data's, both sets
+    drawn for the same `prompts` (one per image; spreads are pooled within each prompt's images).
 
     A spread ratio of 1 is real data's diversity; a mode-collapsed generator is near 0. Means are in the units of
     `shape_measurements` (so a size of 1.5x real's is a 1.5x larger shape).
     """
+    def spreads(m: dict[str, torch.Tensor]) -> tuple[float, float]:
+        centres = torch.stack([m["centre_x"], m["centre_y"]], dim=1)
+        return pooled_spread(m["size"], prompts), pooled_spread(centres, prompts)
+
+    (size, position), (real_size, real_position) = spreads(measurements), spreads(real)
     return {
         "brightness": float(measurements["brightness"].mean()),
         "background": float(measurements["background"].mean()),
         "size": float(measurements["size"].mean()),
         "edge_width": float(measurements["edge_width"].mean()),
-        "size_spread": float(measurements["size"].std() / real["size"].std()),
-        "position_spread": position_spread(measurements) / position_spread(real),
+        "size_spread": size / real_size,
+        "position_spread": position / real_position,
     }
