@@ -117,8 +117,6 @@ RUNS = (
     Run("1-step, forward KL", {**ONE_STEP, "divergence": "forward_kl"}),
     Run("1-step, JS", {**ONE_STEP, "divergence": "js"}),
 )
-#: Runs compared on one figure: DMD2 against its two training-stability ablations (the paper's FID-over-training).
-CURVE_RUNS = tuple(run.name for run in RUNS if run.curve)
 
 
 def regression_pairs(teacher: ShapesModel, path: Path, count: int = REGRESSION_PAIRS
@@ -148,7 +146,7 @@ def train_student(run: Run, seed: int, teacher: ShapesModel, pairs, steps: int, 
                   evaluator: Evaluator | None = None, progress: bool = True, device: str = "cpu") -> Path:
     """Distil one student (cached: an existing file is reused) and save it as a shapes model with its timesteps.
 
-    With an `evaluator`, FD and mean brightness of the student's evaluation images are measured CURVE_POINTS times
+    With an `evaluator`, the student's evaluation images are scored CURVE_POINTS times
     over the run (and before it) and written to <student>.curve.json: the training curves of the figures.
     `device`: where to train ("cpu", or "cuda" for accelerate's GPU); the teacher must be there already.
     """
@@ -167,27 +165,28 @@ def train_student(run: Run, seed: int, teacher: ShapesModel, pairs, steps: int, 
         student = ShapesModel(trainer.student(), teacher.encoder, config.trained_timesteps, "")
         scores = evaluator(generate_shapes(student, EVAL_PROMPTS, EVAL_SEED) * 2 - 1)
         curve.append({"step": trainer.step_count, "generator_updates": -(-trainer.step_count // config.ttur),
-                      "fd": scores["fd"], "accuracy": scores["accuracy"], "brightness": scores["brightness"]})
+                      **scores})
 
-    start, evaluating = time.perf_counter(), 0.0
+    wall, cpu, evaluating = time.perf_counter(), time.process_time(), [0.0, 0.0]
     history = []
     if evaluator is not None:
         measure()
     for logs in trainer.train(steps, progress=progress):
         history.append(logs)
         if evaluator is not None and (trainer.step_count % every == 0 or trainer.step_count == steps):
-            tick = time.perf_counter()
+            tick = time.perf_counter(), time.process_time()
             measure()
-            evaluating += time.perf_counter() - tick
-    minutes = (time.perf_counter() - start - evaluating) / 60
+            evaluating = [evaluating[0] + time.perf_counter() - tick[0], evaluating[1] + time.process_time() - tick[1]]
+    minutes = {"wall": (time.perf_counter() - wall - evaluating[0]) / 60,
+               "cpu": (time.process_time() - cpu - evaluating[1]) / 60}
     note = (f"{run.name} student of the shapes teacher, seed {seed}: {steps} steps ({-(-steps // config.ttur)} "
-            f"generator updates), {minutes:.1f} min on {torch.get_num_threads()} CPU threads; settings "
-            f"{json.dumps(run.settings)} over {json.dumps(RECIPE)}")
+            f"generator updates), {minutes['cpu']:.1f} CPU min ({minutes['wall']:.1f} min wall-clock, "
+            f"{torch.get_num_threads()} threads); settings {json.dumps(run.settings)} over {json.dumps(RECIPE)}")
     stem = path.name[:-len(".safetensors")]
     (out / f"{stem}.losses.json").write_text(json.dumps(history))
     if curve:
         (out / f"{stem}.curve.json").write_text(json.dumps(curve))
-    (out / f"{stem}.minutes").write_text(f"{minutes:.2f}\n")
+    (out / f"{stem}.minutes.json").write_text(json.dumps(minutes))
     return save_shapes_model(path, trainer.student(), teacher.encoder, config.trained_timesteps, note)
 
 
@@ -204,9 +203,10 @@ def row_key(run_name: str, seed: int) -> str:
 
 
 def _timed(sample: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
-    start = time.perf_counter()
+    """The images and the CPU seconds the sampling took (all threads; wall-clock says little on a shared machine)."""
+    start = time.process_time()
     images = sample()
-    return images, time.perf_counter() - start
+    return images, time.process_time() - start
 
 
 def run_proof(out: Path, steps: int, teacher_steps: int = 2000, seeds: Sequence[int] = SEEDS,
@@ -235,7 +235,7 @@ def run_proof(out: Path, steps: int, teacher_steps: int = 2000, seeds: Sequence[
         if name not in results:
             images, seconds = _timed(sample)
             _grid(images).save(out / f"{slug(name)}.png")
-            results = _record(results_path, name, {**evaluator(images), "sampling_seconds": seconds})
+            results = _record(results_path, name, {**evaluator(images), "sampling_cpu_seconds": seconds})
     for run in RUNS:
         if only and run.name not in only:
             continue
@@ -248,9 +248,10 @@ def run_proof(out: Path, steps: int, teacher_steps: int = 2000, seeds: Sequence[
             student = load_shapes_model(path, device)
             images, seconds = _timed(lambda: generate_shapes(student, EVAL_PROMPTS, EVAL_SEED) * 2 - 1)
             _grid(images).save(path.with_suffix(".png"))
-            minutes = float(path.with_suffix(".minutes").read_text())
-            results = _record(results_path, key, {**evaluator(images), "sampling_seconds": seconds,
-                                                  "training_minutes": minutes, "note": student.note})
+            minutes = json.loads(path.with_suffix(".minutes.json").read_text())
+            results = _record(results_path, key, {**evaluator(images), "sampling_cpu_seconds": seconds,
+                                                  "training_cpu_minutes": minutes["cpu"],
+                                                  "training_minutes": minutes["wall"], "note": student.note})
     return results
 
 
