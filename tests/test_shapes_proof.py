@@ -25,6 +25,8 @@ def test_measurements_of_a_sharp_square_are_its_geometry():
     assert m["centre_y"].item() == pytest.approx(10 + 6, abs=1e-4)
     assert m["background"].item() == pytest.approx(0.1, abs=1e-6)
     assert m["edge_width"].item() == 0  # no pixel is partly covered
+    assert m["contrast"].item() == pytest.approx(((0.9 - 0.1) ** 2 + 2 * (0.15 - 0.1) ** 2) ** 0.5, abs=1e-5)
+    assert m["grain"].item() == pytest.approx(0, abs=1e-6)
     expected = (0.1 * (1024 - 144) + (0.9 + 0.15 + 0.15) / 3 * 144) / 1024
     assert m["brightness"].item() == pytest.approx(expected, abs=1e-6)
 
@@ -37,6 +39,12 @@ def test_a_blurred_edge_is_wider_and_the_size_holds():
     m_sharp, m_blur = shape_measurements(sharp[None]), shape_measurements(blurred)
     assert m_blur["edge_width"].item() > 1.0 > m_sharp["edge_width"].item()
     assert m_blur["size"].item() == pytest.approx(14, rel=0.03)  # a box blur keeps the area
+
+
+def test_grain_is_the_background_noise():
+    noise = 0.02 * torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    m = shape_measurements((square_image(8, 8, 10) + 2 * noise)[None])
+    assert m["grain"].item() == pytest.approx(0.02, rel=0.1)
 
 
 def test_measured_sizes_of_rendered_squares_follow_the_renderer():
@@ -91,7 +99,7 @@ def test_labelled_rows_stack_the_grids():
 
 def fake_row(fd: float, accuracy: float) -> dict:
     return {"fd": fd, "accuracy": accuracy, "size_spread": 1.0, "position_spread": 0.5, "size": 14.0,
-            "background": 0.1, "edge_width": 0.8, "brightness": 0.18}
+            "background": 0.1, "edge_width": 0.8, "brightness": 0.18, "contrast": 0.8, "grain": 0.01}
 
 
 def test_tables_give_students_mean_and_spread_over_seeds():

@@ -31,7 +31,11 @@ def shape_measurements(images: torch.Tensor) -> dict[str, torch.Tensor]:
     - size: square root of the shape's area in pixels (sum of coverage), so it scales like the side of a square;
     - centre_x, centre_y: the coverage-weighted centroid in pixels from the top-left corner;
     - edge_width: edge pixels (coverage strictly between 0.1 and 0.9) per pixel of outline length (the total
-      variation of the coverage map), about 0.8 for a one-pixel antialiased edge and more for a blurred one.
+      variation of the coverage map), about 0.8 for a one-pixel antialiased edge and more for a blurred one;
+    - contrast: the shape's colour distance from the background (RGB, in [0, 1] units): over-saturated colours, as
+      strong guidance draws them, lie further from the background than the palette's;
+    - grain: root-mean-square deviation of the background's pixel values (coverage below 0.1, every channel) from
+      the background colour, 0 for the flat backgrounds of real data.
     """
     x = (images.float() + 1) / 2
     border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1)
@@ -46,6 +50,9 @@ def shape_measurements(images: torch.Tensor) -> dict[str, torch.Tensor]:
     outline = (dx.square() + dy.square()).sqrt().sum(dim=(1, 2)).clamp_min(1e-6)
     low, high = _EDGE_BAND
     edge_pixels = ((coverage > low) & (coverage < high)).sum(dim=(1, 2)).float()
+    outside = (coverage < low).unsqueeze(1).expand_as(x)
+    deviation = (x - background[..., None, None]).square().where(outside, torch.zeros_like(x))
+    grain = (deviation.sum(dim=(1, 2, 3)) / outside.sum(dim=(1, 2, 3)).clamp_min(1)).sqrt()
     return {
         "brightness": x.mean(dim=(1, 2, 3)),
         "background": background.mean(dim=1),
@@ -53,6 +60,8 @@ def shape_measurements(images: torch.Tensor) -> dict[str, torch.Tensor]:
         "centre_x": (coverage * pixel).sum(dim=(1, 2)) / area,
         "centre_y": (coverage * row[:, None]).sum(dim=(1, 2)) / area,
         "edge_width": edge_pixels / outline,
+        "contrast": contrast,
+        "grain": grain,
     }
 
 
@@ -85,6 +94,8 @@ def summarise(measurements: dict[str, torch.Tensor], real: dict[str, torch.Tenso
         "background": float(measurements["background"].mean()),
         "size": float(measurements["size"].mean()),
         "edge_width": float(measurements["edge_width"].mean()),
+        "contrast": float(measurements["contrast"].mean()),
+        "grain": float(measurements["grain"].mean()),
         "size_spread": size / real_size,
         "position_spread": position / real_position,
     }
