@@ -150,7 +150,7 @@ def add_shapes_proof_subcommand(subparsers) -> None:
                     "(Frechet distance in a shape classifier's feature space, prompt accuracy, spread of shape size "
                     "and position) and draw the figures. Stages are cached in --out.")
     p.add_argument("--out", type=Path, default=Path("outputs/shapes-proof"))
-    p.add_argument("--steps", type=int, default=600, help="training steps per student (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=300, help="training steps of a 4-step student (default: %(default)s)")
     p.add_argument("--teacher-steps", type=int, default=2000)
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="training seeds of every student")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")

@@ -311,6 +311,29 @@ def test_without_backward_simulation_inputs_are_noised_real_images():
                        small_config(backward_simulation=False, gan_generator_weight=0, gan_discriminator_weight=0))
 
 
+def test_regression_pretraining_fits_the_pairs_from_pure_noise_at_the_conditioning_timestep():
+    """The pretrained copy's one-step x0 from a pair's noise, re-derived from the UNet's epsilon at t=399 on the raw
+    noise (x0 = (x - sqrt(1 - abar) eps) / sqrt(abar)), moves towards the pair's target; the teacher is untouched."""
+    from distill.pretrain import regression_pretrain
+    from sampler.schedule import scaled_linear_alphas_cumprod
+
+    data, teacher = RandomData(), tiny_sd15_unet()
+    before = params(teacher)
+    noise, target = data.pairs
+    cond = data.cond(["red"] * len(noise))
+    abar = float(scaled_linear_alphas_cumprod()[399])
+
+    def pair_error(unet) -> float:
+        with torch.no_grad():
+            eps = unet(noise, torch.full((len(noise),), 399), **cond, return_dict=False)[0]
+        return float(((noise - (1 - abar) ** 0.5 * eps) / abar**0.5 - target).square().mean())
+
+    student = regression_pretrain(teacher, data, 399, steps=30, batch_size=4, lr=1e-3, progress=False)
+    assert pair_error(student) < 0.8 * pair_error(teacher)
+    assert all(torch.equal(v, before[k]) for k, v in params(teacher).items())
+    assert not any(p.requires_grad for p in student.parameters())
+
+
 # --- export round trip ------------------------------------------------------------------------------------------
 
 

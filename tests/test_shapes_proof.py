@@ -8,7 +8,6 @@ from distill.shapes.data import render
 from distill.shapes.plots import PALETTE, labelled_rows, line_chart, nice_ticks
 from distill.shapes.proof import RUNS, aggregate, appearance_table, best_seed, row_key, table
 from distill.shapes.statistics import shape_measurements, summarise
-from sampler.shapes import PROMPTS
 
 
 def square_image(left: int, top: int, side: int, background: float = 0.1, colour=(0.9, 0.15, 0.15)) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 
 from sampler.shapes import PROMPTS, ShapesModel, generate_shapes, image_grid, load_shapes_model, save_shapes_model
 
+from ..pretrain import regression_pretrain
 from ..trainer import DistillConfig, DistillTrainer
 from .classifier import ShapesClassifier, load_classifier
 from .data import render, sample_batch
@@ -31,15 +32,15 @@ from .prepare import EVAL_PROMPTS, EVAL_SEED, prepare
 from .sampling import seeded_noise, teacher_sample
 from .statistics import shape_measurements, summarise
 
-#: Teacher CFG scale of the baselines and of the real score (chosen on the teacher's 50-step FD / accuracy).
-GUIDANCE = 2.0
-REGRESSION_PAIRS = 256
+#: CFG scale of the teacher rows and the regression pairs: the 50-step teacher's best FD (232; CFG 1.5: 379, 3: 512).
+TEACHER_GUIDANCE = 2.0
+REGRESSION_PAIRS = 512
 REGRESSION_SEED = 2_000_000
 #: The shipped student: the command line's offline default (sampler/shapes/embedded/).
 SHIPPED_RUN = "DMD2 4-step"
 SEEDS = (0, 1, 2)
-#: Points per training curve (FD and brightness measured this many times over a run, and at its start).
-CURVE_POINTS = 10
+#: Points per training curve (every score measured this many times over a run, and at its start).
+CURVE_POINTS = 5
 
 
 class ShapesData:
@@ -87,35 +88,45 @@ class Evaluator:
 
 @dataclass(frozen=True)
 class Run:
-    """One student of the table: its settings (over `RECIPE`), how many steps it trains relative to --steps, and
-    whether its FD and brightness are followed over training (the figures)."""
+    """One student of the table: its settings (over `RECIPE`), how many steps it trains relative to --steps, whether
+    its scores are followed over training (the figures), and how many steps of regression pretraining
+    (`distill.pretrain`) its generator gets before distribution matching starts."""
 
     name: str
     settings: dict = field(default_factory=dict)
     steps_factor: float = 1.0
     curve: bool = False
+    pretrain_steps: int = 0
 
 
-#: Shared recipe (see the README's "The proof at small scale" for how it was chosen).
-RECIPE = dict(guidance_scale=GUIDANCE, batch_size=8, ttur=5, lr_generator=1e-4, lr_critic=1e-4, warmup_steps=0,
+#: The recipe, chosen on seed-0 pilots of the 4-step student (FD on the 500 evaluation images; the 50-step CFG-2
+#: teacher scores 232). Generator learning rate 1e-5: at 1e-4 (either CFG) FD jumped from 648 to 3106 within 6
+#: generator updates and swung between ~500 and ~6000 after (mean brightness and background swinging with it).
+#: Real-score CFG 1: from its minimum after 16-24 generator updates, FD climbed with further training as the shapes'
+#: colours over-saturated (the contrast measure passing real data's), fast at CFG 2 (184 -> 1157 by update 80), slower
+#: at 1.5 (174 -> 510) and least at 1 (135-164 over updates 24-64, 227 at 80). A 10x stronger GAN (3e-2 / 1e-1) did
+#: not stop that climb. The critic keeps 1e-4 (it must follow the generator) and DMD2's ImageNet GAN weights.
+RECIPE = dict(guidance_scale=1.0, batch_size=8, ttur=5, lr_generator=1e-5, lr_critic=1e-4, warmup_steps=0,
               gan_generator_weight=3e-3, gan_discriminator_weight=1e-2, max_grad_norm=1.0, weight_decay=0.0)
+FOUR_STEP = dict(trained_timesteps=(999, 749, 499, 249))
 #: The 1-step students start from pure noise at t=399, as DMD2's SDXL 1-step model: an epsilon UNet's x0 at t=999
 #: is sqrt(1 + sigma^2) * noise - sigma * eps with sigma = 14.6, so every error of eps is multiplied by 14.6; at 399
-#: (sigma 1.16) it is not. Measured here: from 999 the 1-step student stayed noise for 300 steps, from 399 it learnt.
+#: (sigma 1.16) it is not. Measured here: from 999 the 1-step student stayed at FD ~7000 and 18% accuracy for 400
+#: steps of the recipe; from 399 it learns.
 ONE_STEP = dict(trained_timesteps=(399,))
-FOUR_STEP = dict(trained_timesteps=(999, 749, 499, 249))
 NO_GAN = dict(gan_generator_weight=0.0, gan_discriminator_weight=0.0)
 RUNS = (
-    Run(SHIPPED_RUN, FOUR_STEP),
-    Run("DMD2 1-step", ONE_STEP, curve=True),
+    Run(SHIPPED_RUN, FOUR_STEP, curve=True),
+    Run("DMD2 1-step", ONE_STEP),
     # DMD2's key ablation (sec. 4.4): the multi-step student learns from noised real images, not its own rollouts
     Run("4-step, no backward simulation", {**FOUR_STEP, "backward_simulation": False}),
-    Run("1-step, no GAN", {**ONE_STEP, **NO_GAN}, curve=True),
+    Run("4-step, no GAN", {**FOUR_STEP, **NO_GAN}, curve=True),
     # TTUR off at the same number of generator updates (so a fifth of the critic updates)
-    Run("1-step, no TTUR", {**ONE_STEP, "ttur": 1}, steps_factor=0.2, curve=True),
-    Run("1-step, + regression loss (DMD)", {**ONE_STEP, "regression_weight": 0.25}),
-    Run("1-step, forward KL", {**ONE_STEP, "divergence": "forward_kl"}),
-    Run("1-step, JS", {**ONE_STEP, "divergence": "js"}),
+    Run("4-step, no TTUR", {**FOUR_STEP, "ttur": 1}, steps_factor=0.2, curve=True),
+    # DMD (v1): + regression onto the teacher's 50-step samples (from the same noise)
+    Run("4-step, + regression loss (DMD)", {**FOUR_STEP, "regression_weight": 0.25}),
+    Run("4-step, forward KL (f-distill)", {**FOUR_STEP, "divergence": "forward_kl"}),
+    Run("4-step, JS (f-distill)", {**FOUR_STEP, "divergence": "js"}),
 )
 
 
@@ -127,7 +138,7 @@ def regression_pairs(teacher: ShapesModel, path: Path, count: int = REGRESSION_P
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(count)]
     if not path.exists():
         noise = seeded_noise(REGRESSION_SEED, count)
-        target = teacher_sample(teacher.unet, teacher.encoder, prompts, 50, GUIDANCE, REGRESSION_SEED,
+        target = teacher_sample(teacher.unet, teacher.encoder, prompts, 50, TEACHER_GUIDANCE, REGRESSION_SEED,
                                 progress=True)
         save_file({"noise": noise, "target": target.cpu()}, str(path))
     tensors = load_file(str(path))
@@ -157,7 +168,13 @@ def train_student(run: Run, seed: int, teacher: ShapesModel, pairs, steps: int, 
         return path
     config = DistillConfig(**{**RECIPE, **run.settings, "seed": seed})
     steps = max(1, round(steps * run.steps_factor))
-    trainer = DistillTrainer(teacher.unet, ShapesData(teacher, pairs), config, Accelerator(cpu=device == "cpu"))
+    wall, cpu, evaluating = time.perf_counter(), time.process_time(), [0.0, 0.0]
+    data = ShapesData(teacher, pairs)
+    trainer = DistillTrainer(teacher.unet, data, config, Accelerator(cpu=device == "cpu"))
+    if run.pretrain_steps:
+        pretrained = regression_pretrain(teacher.unet, data, config.trained_timesteps[0], run.pretrain_steps,
+                                         seed=seed, progress=progress)
+        trainer.student().load_state_dict(pretrained.state_dict())
     every = max(1, steps // CURVE_POINTS)
     curve = []
 
@@ -167,7 +184,6 @@ def train_student(run: Run, seed: int, teacher: ShapesModel, pairs, steps: int, 
         curve.append({"step": trainer.step_count, "generator_updates": -(-trainer.step_count // config.ttur),
                       **scores})
 
-    wall, cpu, evaluating = time.perf_counter(), time.process_time(), [0.0, 0.0]
     history = []
     if evaluator is not None:
         measure()
@@ -179,8 +195,9 @@ def train_student(run: Run, seed: int, teacher: ShapesModel, pairs, steps: int, 
             evaluating = [evaluating[0] + time.perf_counter() - tick[0], evaluating[1] + time.process_time() - tick[1]]
     minutes = {"wall": (time.perf_counter() - wall - evaluating[0]) / 60,
                "cpu": (time.process_time() - cpu - evaluating[1]) / 60}
+    start = f" after {run.pretrain_steps} steps of regression pretraining" if run.pretrain_steps else ""
     note = (f"{run.name} student of the shapes teacher, seed {seed}: {steps} steps ({-(-steps // config.ttur)} "
-            f"generator updates), {minutes['cpu']:.1f} CPU min ({minutes['wall']:.1f} min wall-clock, "
+            f"generator updates){start}, {minutes['cpu']:.1f} CPU min ({minutes['wall']:.1f} min wall-clock, "
             f"{torch.get_num_threads()} threads); settings {json.dumps(run.settings)} over {json.dumps(RECIPE)}")
     stem = path.name[:-len(".safetensors")]
     (out / f"{stem}.losses.json").write_text(json.dumps(history))
@@ -224,12 +241,13 @@ def run_proof(out: Path, steps: int, teacher_steps: int = 2000, seeds: Sequence[
     teacher = load_shapes_model(paths["teacher"], device)
     pairs = regression_pairs(teacher, out / "regression_pairs.safetensors")
 
+    def ddim(steps: int) -> Callable[[], torch.Tensor]:
+        return lambda: teacher_sample(teacher.unet, teacher.encoder, EVAL_PROMPTS, steps, TEACHER_GUIDANCE, EVAL_SEED)
+
     baselines = {
         "real data": lambda: render(EVAL_PROMPTS, torch.Generator().manual_seed(EVAL_SEED)),
-        f"teacher 50-step, CFG {GUIDANCE:g}": lambda: teacher_sample(teacher.unet, teacher.encoder, EVAL_PROMPTS, 50,
-                                                                  GUIDANCE, EVAL_SEED),
-        f"teacher 4-step (naive), CFG {GUIDANCE:g}": lambda: teacher_sample(teacher.unet, teacher.encoder,
-                                                                         EVAL_PROMPTS, 4, GUIDANCE, EVAL_SEED),
+        f"teacher 50-step, CFG {TEACHER_GUIDANCE:g}": ddim(50),
+        f"teacher 4-step (naive), CFG {TEACHER_GUIDANCE:g}": ddim(4),
     }
     for name, sample in baselines.items():
         if name not in results:
@@ -246,7 +264,7 @@ def run_proof(out: Path, steps: int, teacher_steps: int = 2000, seeds: Sequence[
             path = train_student(run, seed, teacher, pairs, steps, out, evaluator if run.curve else None, progress,
                                  device)
             student = load_shapes_model(path, device)
-            images, seconds = _timed(lambda: generate_shapes(student, EVAL_PROMPTS, EVAL_SEED) * 2 - 1)
+            images, seconds = _timed(lambda student=student: generate_shapes(student, EVAL_PROMPTS, EVAL_SEED) * 2 - 1)
             _grid(images).save(path.with_suffix(".png"))
             minutes = json.loads(path.with_suffix(".minutes.json").read_text())
             results = _record(results_path, key, {**evaluator(images), "sampling_cpu_seconds": seconds,
@@ -316,7 +334,7 @@ def _curves(out: Path, run: Run, seeds: Iterable[int]) -> list[list[dict]]:
 
 
 def draw_figures(results: dict[str, dict], out: Path, figures: Path, seeds: Sequence[int] = SEEDS) -> list[Path]:
-    """The proof's PNGs in `figures`: FD and mean brightness over training of the CURVE_RUNS (mean of the seeds,
+    """The proof's PNGs in `figures`: FD and mean brightness over training of the runs with curves (mean of the seeds,
     their range as a band), and one labelled row of images (one per prompt) for every row of the table (seed 0
     of the students, or the first seed they have)."""
     figures.mkdir(parents=True, exist_ok=True)
@@ -325,9 +343,9 @@ def draw_figures(results: dict[str, dict], out: Path, figures: Path, seeds: Sequ
     written = []
     teacher = next((row for name, row in results.items() if name.startswith("teacher 50-step")), None)
     real = results.get("real data")
-    charts = (("fd", "Frechet distance over training (1-step students)", "FD (log scale)", True,
-               ("teacher 50-step", teacher["fd"]) if teacher else None),
-              ("brightness", "Mean pixel brightness over training (1-step students)", "mean brightness", False,
+    fd_title = "Frechet distance over training (4-step students; mean of the seeds, their range shaded)"
+    charts = (("fd", fd_title, "FD (log scale)", True, ("teacher 50-step", teacher["fd"]) if teacher else None),
+              ("brightness", "Mean pixel brightness over training (4-step students)", "mean brightness", False,
                ("real data", real["brightness"]) if real else None))
     for key, title, label, log_y, reference in charts:
         if not series:
