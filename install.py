@@ -5,10 +5,13 @@ it with their `launch` module importable; then pip goes through launch.run_pip s
 apply.
 
 Rules, because the host owns the environment:
-- only requirements that are missing or too old are installed; a second run installs nothing;
-- torch is never installed, upgraded or replaced: requirements.txt does not list it, and every pip call gets a
-  constraint pinning the installed torch, so no dependency can swap it (a missing torch is an error: its build
-  depends on the user's GPU, which is theirs to choose);
+- only requirements that are missing are installed; a second run installs nothing;
+- no package the host already has is ever changed: every pip call gets a constraint pinning each installed
+  distribution at its installed version, so neither a requirement nor a dependency of one can upgrade a host's pin
+  (reForge pins huggingface_hub 0.25.0, and its transformers breaks on 1.x). A requirement installed at a version
+  older than ours is left as it is and named in one line with what it is for (the comment in requirements.txt);
+- torch is never installed, upgraded or replaced: requirements.txt does not list it and the constraint pins it (a
+  missing torch is an error: its build depends on the user's GPU, which is theirs to choose);
 - xformers only where torch is a CUDA build, only as a binary wheel made for that exact torch; when none exists it
   is skipped (PyTorch's own attention is about as fast). Under A1111 its --xformers flag decides instead.
 """
@@ -33,16 +36,18 @@ HERE = Path(__file__).resolve().parent
 HOST_OWNED = {"torch", "torchvision", "torchaudio", "xformers"}
 
 
-def read_requirements(path: Path) -> list[Requirement]:
-    """Requirements from a requirements.txt, without comments, pip options and host-owned packages."""
+def read_requirements(path: Path) -> list[tuple[Requirement, str]]:
+    """(requirement, what it is for: the line's comment) from a requirements.txt, without pip options and
+    host-owned packages."""
     reqs = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
+        line, _, comment = line.partition("#")
+        line = line.strip()
         if not line or line.startswith("-"):
             continue
         req = Requirement(line)
         if req.name.lower() not in HOST_OWNED and (req.marker is None or req.marker.evaluate()):
-            reqs.append(req)
+            reqs.append((req, comment.strip()))
     return reqs
 
 
@@ -53,14 +58,30 @@ def installed_version(name: str) -> str | None:
         return None
 
 
-def missing(reqs: list[Requirement]) -> list[Requirement]:
-    """The requirements not satisfied by what is installed (absent, or a version outside the specifier)."""
+def absent(reqs: list[tuple[Requirement, str]]) -> list[Requirement]:
+    """The requirements that are not installed at all: the only ones pip is asked for."""
+    return [req for req, _ in reqs if installed_version(req.name) is None]
+
+
+def too_old(reqs: list[tuple[Requirement, str]]) -> list[str]:
+    """One line per requirement installed at a version outside ours: left as the host has it, said plainly."""
     out = []
-    for req in reqs:
+    for req, purpose in reqs:
         version = installed_version(req.name)
-        if version is None or not req.specifier.contains(version, prereleases=True):
-            out.append(req)
+        if version is not None and not req.specifier.contains(version, prereleases=True):
+            out.append(f"{req.name} {version} is installed and this pack wants {req.specifier} "
+                       f"({purpose or 'see requirements.txt'}): left as it is, never upgraded from here")
     return out
+
+
+def installed_constraints() -> list[str]:
+    """`name==version` for every installed distribution: given to pip as constraints, so it can only add."""
+    pins = {}
+    for dist in importlib.metadata.distributions():
+        name, version = dist.metadata["Name"], dist.version
+        if name and version:
+            pins[name.lower()] = f"{name}=={version}"
+    return sorted(pins.values())
 
 
 def a1111_launch():
@@ -110,16 +131,25 @@ def main(requirements: Path = HERE / "requirements.txt") -> int:
         return 1
     launch = a1111_launch()
     pip = pip_installer(launch)
+    reqs = read_requirements(requirements)
+    for line in too_old(reqs):
+        print(f"[DMD2] {line}")
     with tempfile.TemporaryDirectory() as tmp:
         constraint = os.path.join(tmp, "constraints.txt")
-        Path(constraint).write_text(f"torch=={torch_version}\n", encoding="utf-8")
-        todo = missing(read_requirements(requirements))
+        Path(constraint).write_text("\n".join(installed_constraints()) + "\n", encoding="utf-8")
+        todo = absent(reqs)
         if todo:
             names = [str(r) for r in todo]
-            print(f"[DMD2] installing {', '.join(names)} (torch stays at {torch_version})")
-            pip(["-c", constraint, *names], "DMD2 requirements")
+            print(f"[DMD2] installing {', '.join(names)} (every installed package, torch {torch_version} "
+                  f"included, stays as it is)")
+            try:
+                pip(["-c", constraint, *names], "DMD2 requirements")
+            except (subprocess.CalledProcessError, RuntimeError) as e:
+                print(f"[DMD2] could not install {', '.join(names)} without changing an installed package ({e}); "
+                      f"install them by hand")
+                return 1
         else:
-            print("[DMD2] requirements already satisfied: nothing to install")
+            print("[DMD2] requirements already installed: nothing to install")
         if launch is None:
             print(f"[DMD2] {install_xformers(pip, constraint)}")
     return 0

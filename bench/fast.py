@@ -12,7 +12,7 @@ from sampler import timesteps_for
 from sampler.app.fast import FastPath, apply_fast_path
 from sampler.app.live import LiveSession
 from sampler.app.pipeline import apply_dmd2_weights, generate_latents, sdxl_conditioning
-from sampler.app.taesd import tiny_decoder
+from sampler.models.taesd import tiny_decoder
 from sampler.models.tiny import dmd2_format_lora, tiny_sdxl_pipeline
 
 from .timing import best_times

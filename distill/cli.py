@@ -1,4 +1,5 @@
-"""Command line: `python -m distill train|shapes-proof` (or `accelerate launch -m distill train ...` on many GPUs)."""
+"""Command line: `python -m distill train|prepare|shapes-proof` (`torchrun --nproc_per_node N -m distill train ...` on
+many GPUs, docs/training.md)."""
 
 from __future__ import annotations
 
@@ -75,49 +76,88 @@ def config_from_args(args: argparse.Namespace, recipe: str, **overrides):
     return DistillConfig(**settings)
 
 
+def add_teacher_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("teacher", type=Path,
+                   help="the model to distil (SD1.5 or SDXL): one .safetensors checkpoint as A1111 / ComfyUI load it, "
+                        "or a diffusers pipeline folder")
+    p.add_argument("--tokenizer", type=Path,
+                   help="single-file checkpoints: a folder with the CLIP tokenizer's vocab.json and merges.txt (e.g. "
+                        "ComfyUI/comfy/sd1_tokenizer); default: the Hugging Face cache")
+    p.add_argument("--config", type=Path,
+                   help="single-file checkpoints: a diffusers config folder to lay the file out with (default: the "
+                        "SD1.5 / SDXL configs shipped in distill/configs)")
+
+
 def add_train_subcommand(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="distil a diffusers SD1.5 / SDXL model (a finetune) into a DMD2 generator",
-        description="Distil the UNet of a diffusers pipeline folder into a DMD2 generator (full UNet, or a LoRA in "
-                    "DMD2's format). Checkpoints go to OUTPUT/checkpoint and a rerun resumes from there exactly; the "
-                    "student is exported to OUTPUT/student_lora.safetensors or student_unet.safetensors, stamped "
-                    "with its trained timesteps. Many GPUs: accelerate launch -m distill train ...")
-    p.add_argument("teacher", type=Path, help="diffusers pipeline folder of the model to distil (SD1.5 or SDXL)")
+        "train", help="distil an SD1.5 / SDXL model (a finetune) into a DMD2 generator",
+        description="Distil the UNet of an SD1.5 / SDXL model into a DMD2 generator (full UNet, or a LoRA in DMD2's "
+                    "format). Checkpoints go to OUTPUT/checkpoints/step-N and a rerun resumes from the newest "
+                    "exactly; the student is exported to OUTPUT/student_lora.safetensors and "
+                    "student_unet.safetensors, stamped with its trained timesteps. Several processes: "
+                    "torchrun --nproc_per_node N -m distill train ... (docs/training.md)")
+    add_teacher_arguments(p)
     p.add_argument("--prompts", type=Path, required=True, help="text file, one training prompt per line")
     p.add_argument("--real-latents", type=Path,
                    help="safetensors file with 'latents' (N, C, H, W) VAE latents of real images for the GAN term "
-                        "(and optional 'prompt_ids' into --prompts); without it use --no-gan")
+                        "(and optional 'prompt_ids' into --prompts), as `prepare` writes; without it use --no-gan")
     p.add_argument("--size", type=int, help="image size (default: the UNet's sample size x 8)")
     p.add_argument("--output", type=Path, default=Path("outputs/distill"))
     p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--sample-every", type=int, default=0,
+                   help="save a grid of the student's samples to OUTPUT/samples every N steps (0: never)")
+    p.add_argument("--sample-prompts", type=Path,
+                   help="prompt file for the sample grid (default: the first 4 training prompts); fixed seeds")
+    p.add_argument("--log-with", default="auto",
+                   help="accelerate tracker for the losses (and sample grids): tensorboard, wandb, ..., none; "
+                        "auto: tensorboard when it is installed. Logs go to OUTPUT/logs")
     add_training_options(p)
     p.set_defaults(func=run_train)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from diffusers import DiffusionPipeline
-    from safetensors.torch import load_file
+def tracker_name(choice: str) -> str | None:
+    """The accelerate tracker to log with: `choice`, or for "auto" TensorBoard when installed."""
+    if choice == "none":
+        return None
+    if choice != "auto":
+        return choice
+    from accelerate.utils import is_tensorboard_available
 
-    from .data import PipelineData, read_prompts
+    return "tensorboard" if is_tensorboard_available() else None
+
+
+def tracker_config(config) -> dict:
+    """The run's settings as numbers and strings (what every tracker's hyper-parameter table accepts)."""
+    import dataclasses
+
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in dataclasses.asdict(config).items()}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import numpy as np
+    from accelerate import Accelerator
+
+    from .checkpoint import latest_checkpoint
+    from .data import PipelineData, RealLatents, read_prompts
     from .export import export_lora, export_unet
+    from .samples import sample_grid, save_sample_grid
+    from .teacher import load_teacher
     from .trainer import DistillTrainer
 
     prompts = read_prompts(args.prompts)
-    try:
-        pipe = DiffusionPipeline.from_pretrained(str(args.teacher))
-    except (OSError, ValueError) as e:
-        raise DMD2Error(f"cannot load a diffusers pipeline from {args.teacher}: {str(e).splitlines()[0]} (convert a "
-                        f"single-file checkpoint with diffusers' conversion scripts first)") from None
-    real = real_prompts = None
-    if args.real_latents is not None:
-        tensors = load_file(str(args.real_latents))
-        real = tensors["latents"].float()
-        if "prompt_ids" in tensors:
-            real_prompts = [prompts[i] for i in tensors["prompt_ids"].tolist()]
+    real = RealLatents(args.real_latents, len(prompts)) if args.real_latents is not None else None
+    if (args.output / "checkpoint" / "state.pt").exists():
+        raise DMD2Error(f"{args.output / 'checkpoint'} was written by an older version of this trainer and cannot be "
+                        f"resumed exactly: delete it, or use another --output")
+    pipe = load_teacher(args.teacher, args.tokenizer, args.config)
     size = args.size or pipe.unet.config.sample_size * 8
     recipe = args.recipe or recipe_for("sdxl" if hasattr(pipe, "text_encoder_2") else "sd15", not args.full_unet)
     config = config_from_args(args, recipe)
-    trainer = DistillTrainer(pipe.unet, PipelineData(pipe, prompts, size, real, real_prompts), config)
+    tracker = tracker_name(args.log_with)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with=tracker,
+                              project_dir=str(args.output / "logs"))
+    data = PipelineData(pipe, prompts, size, real)
+    trainer = DistillTrainer(pipe.unet, data, config, accelerator)
     if trainer.acc.is_main_process:
         print(f"[DMD2] recipe {recipe}; {trainer.acc.num_processes} process(es) x batch {config.batch_size} = "
               f"global batch {trainer.global_batch_size}; {trainer.acc.distributed_type.value} on "
@@ -125,18 +165,64 @@ def run_train(args: argparse.Namespace) -> int:
     pipe.text_encoder.to(trainer.acc.device)
     if getattr(pipe, "text_encoder_2", None) is not None:
         pipe.text_encoder_2.to(trainer.acc.device)
-    checkpoint = args.output / "checkpoint"
-    if (checkpoint / "state.pt").exists():
-        trainer.load_checkpoint(checkpoint)
-        print(f"[DMD2] resumed from {checkpoint} at step {trainer.step_count}")
-    for _ in trainer.train(args.steps, checkpoint, args.checkpoint_every):
-        pass
-    trainer.save_checkpoint(checkpoint)
+    checkpoints = args.output / "checkpoints"
+    latest = latest_checkpoint(checkpoints)
+    if latest is not None:
+        trainer.load_checkpoint(latest)
+        if trainer.acc.is_main_process:
+            print(f"[DMD2] resumed from {latest} at step {trainer.step_count}")
+    if tracker:
+        accelerator.init_trackers("dmd2", config=tracker_config(config))
+    sample_prompts = (read_prompts(args.sample_prompts) if args.sample_prompts else prompts)[:4]
+    if args.sample_every and accelerator.is_main_process:
+        pipe.vae.to(accelerator.device)
+    for logs in trainer.train(args.steps, checkpoints, args.checkpoint_every):
+        accelerator.log(logs, step=trainer.step_count)
+        if args.sample_every and trainer.step_count % args.sample_every == 0:
+            student = trainer.student()  # every process: under FSDP the weights are gathered
+            if accelerator.is_main_process:
+                grid = sample_grid(student, pipe.vae, data, sample_prompts, config.trained_timesteps)
+                save_sample_grid(grid, args.output / "samples", trainer.step_count)
+                if tracker == "tensorboard":
+                    accelerator.get_tracker("tensorboard").log_images(
+                        {"samples": np.asarray(grid)[None]}, step=trainer.step_count, dataformats="NHWC")
+    trainer.save_checkpoint(checkpoints)
+    accelerator.end_training()
+    student = trainer.student()
     if trainer.acc.is_main_process:
-        student = trainer.student()
         if config.lora_rank:
             print(export_lora(student, args.output / "student_lora.safetensors", config.trained_timesteps))
         print(export_unet(student, args.output / "student_unet.safetensors", config.trained_timesteps))
+    return 0
+
+
+def add_prepare_subcommand(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prepare", help="images + caption .txt files -> the prompt file and the real-latents file for train",
+        description="Encode a folder of images (each with a caption in a .txt of the same name) with the teacher's "
+                    "VAE: writes OUTPUT/prompts.txt and OUTPUT/latents.safetensors for train --prompts "
+                    "--real-latents. Streams: the dataset may be larger than memory.")
+    add_teacher_arguments(p)
+    p.add_argument("images", type=Path, help="folder of images (searched recursively) with caption .txt files")
+    p.add_argument("--output", type=Path, default=Path("outputs/data"))
+    p.add_argument("--size", type=int, help="image size (default: the UNet's sample size x 8: 1024 SDXL, 512 SD1.5)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", help="where the VAE runs (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_prepare)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    import torch
+
+    from .prepare import prepare_dataset
+    from .teacher import load_teacher
+
+    pipe = load_teacher(args.teacher, args.tokenizer, args.config)
+    size = args.size or pipe.unet.config.sample_size * 8
+    vae = pipe.vae.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    prompts, latents = prepare_dataset(vae, args.images, args.output, size, args.batch_size, args.seed)
+    print(f"[DMD2] wrote {prompts} and {latents}: train with --prompts {prompts} --real-latents {latents}")
     return 0
 
 
@@ -199,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m distill", description="DMD2 distillation.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_train_subcommand(subparsers)
+    add_prepare_subcommand(subparsers)
     add_shapes_proof_subcommand(subparsers)
     return parser
 

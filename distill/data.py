@@ -35,15 +35,70 @@ class DistillData(Protocol):
         """(unit noise, the teacher's sample from that noise, prompts) pairs for DMD's regression loss, or None."""
 
 
+class RealLatents:
+    """VAE latents of real images for the GAN, from a safetensors file with 'latents' (N, C, H, W) and optionally
+    'prompt_ids' (N,): each image's line in the prompt file (what `python -m distill prepare` writes).
+
+    Rows are read from the memory-mapped file when drawn, so the file may be larger than memory. Everything that can
+    be wrong with the file is found when it is opened and said in one message naming it.
+    """
+
+    def __init__(self, path: Path, num_prompts: int):
+        from safetensors import SafetensorError, safe_open
+
+        from sampler.models.files import read_safetensors_header
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DMD2Error(f"--real-latents {path}: no such file")
+        try:
+            header = read_safetensors_header(self.path)
+            self._file = safe_open(str(self.path), framework="pt")
+        except (DMD2Error, OSError, SafetensorError) as e:
+            raise DMD2Error(f"--real-latents {path} is not a readable safetensors file: {e}") from None
+        latents = header.get("latents")
+        if latents is None or len(latents["shape"]) != 4 or latents["shape"][0] < 1:
+            found = ", ".join(f"{k} {tuple(v['shape'])}" for k, v in header.items() if k != "__metadata__")
+            raise DMD2Error(f"--real-latents {path} needs a tensor 'latents' of shape (N, C, H, W) with N >= 1 (it "
+                            f"has {found or 'no tensors'}): make it with `python -m distill prepare`")
+        if latents["dtype"] not in ("F16", "BF16", "F32"):
+            raise DMD2Error(f"--real-latents {path}: 'latents' must be float16, bfloat16 or float32, not "
+                            f"{latents['dtype']}")
+        self.shape = tuple(latents["shape"])
+        self.prompt_ids: list[int] | None = None
+        if "prompt_ids" in header:
+            ids = self._file.get_tensor("prompt_ids")
+            if ids.shape != (self.shape[0],) or ids.is_floating_point():
+                raise DMD2Error(f"--real-latents {path}: 'prompt_ids' must hold one integer per latent "
+                                f"({self.shape[0]}), it has shape {tuple(ids.shape)} and type {ids.dtype}")
+            if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= num_prompts):
+                raise DMD2Error(f"--real-latents {path}: 'prompt_ids' point at prompt lines {int(ids.min())}.."
+                                f"{int(ids.max())}, but the prompt file has {num_prompts}: use the prompt file "
+                                f"written with these latents")
+            self.prompt_ids = ids.tolist()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def check_shape(self, latent_shape: tuple[int, int, int], what: str) -> None:
+        if self.shape[1:] != tuple(latent_shape):
+            raise DMD2Error(f"--real-latents {self.path} holds latents of shape {self.shape[1:]}, {what} needs "
+                            f"{tuple(latent_shape)}: encode the images at the training size with the teacher's VAE")
+
+    def rows(self, idx: Sequence[int]) -> torch.Tensor:
+        """The latents at `idx`, as float32."""
+        latents = self._file.get_slice("latents")
+        return torch.stack([latents[i] for i in idx]).float()
+
+
 class PipelineData:
     """A diffusers StableDiffusion(XL)Pipeline as a distillation problem: prompts from a list, conditioning from
-    the pipeline's text encoders (cached per prompt, they are frozen), real latents from a tensor of VAE latents.
+    the pipeline's text encoders (cached per prompt, they are frozen), real latents from a `RealLatents` file.
 
     Real images are optional: without them the GAN term must be off (the trainer says so).
     """
 
-    def __init__(self, pipe: Any, prompts: Sequence[str], size: int, real_latents: torch.Tensor | None = None,
-                 real_prompts: Sequence[str] | None = None):
+    def __init__(self, pipe: Any, prompts: Sequence[str], size: int, real: RealLatents | None = None):
         if not prompts:
             raise DMD2Error("the prompt list is empty: give at least one training prompt (one per line)")
         self.pipe = pipe
@@ -52,11 +107,9 @@ class PipelineData:
         self.is_sdxl = hasattr(pipe, "text_encoder_2")
         scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         self.latent_shape = (pipe.unet.config.in_channels, size // scale, size // scale)
-        if real_latents is not None and tuple(real_latents.shape[1:]) != self.latent_shape:
-            raise DMD2Error(f"real latents have shape {tuple(real_latents.shape[1:])}, the UNet at {size}px needs "
-                            f"{self.latent_shape}: encode the images at the training size")
-        self.real_latents = real_latents
-        self.real_prompts = list(real_prompts) if real_prompts is not None else None
+        if real is not None:
+            real.check_shape(self.latent_shape, f"the UNet at {size} px")
+        self.real = real
         self._cache: dict[str, dict[str, torch.Tensor]] = {}
 
     def sample_prompts(self, n: int, generator: torch.Generator) -> list[str]:
@@ -89,12 +142,12 @@ class PipelineData:
         return cond
 
     def real_batch(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]] | None:
-        if self.real_latents is None:
+        if self.real is None:
             return None
-        idx = torch.randint(len(self.real_latents), (n,), generator=generator)
-        prompts = ([self.real_prompts[i] for i in idx.tolist()] if self.real_prompts is not None
-                   else self.sample_prompts(n, generator))
-        return self.real_latents[idx], prompts
+        idx = torch.randint(len(self.real), (n,), generator=generator).tolist()
+        ids = self.real.prompt_ids
+        prompts = [self.prompts[ids[i]] for i in idx] if ids is not None else self.sample_prompts(n, generator)
+        return self.real.rows(idx), prompts
 
     def regression_batch(self, n: int, generator: torch.Generator) -> None:
         return None

@@ -13,7 +13,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from sampler.models.checkpoints import inspect_state_dict, timesteps_metadata
+from sampler.models.checkpoints import inspect_state_dict
+from sampler.models.stamps import timesteps_metadata
 from sampler.models.files import TensorSource, write_safetensors
 from sampler.errors import DMD2Error
 

@@ -10,8 +10,11 @@ definition of the timesteps and the re-noise (sec. 4.4). Runs under `accelerate`
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
-import os
+import json
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,11 +22,12 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from sampler.errors import DMD2Error
+from sampler.errors import DMD2Error, first_line
 from sampler.plans import DEFAULT_TRAINED, check_trained
 from sampler.sampling import sample_dmd2, unit_variance_scale
 from sampler.schedule import sigmas_for_timesteps, training_sigmas
 
+from . import checkpoint as ckpt
 from . import losses
 from .data import DistillData
 from .models import build_critic, build_generator, concat_cond, guided_x0, predict_x0
@@ -109,19 +113,22 @@ class DistillTrainer:
         if not config.backward_simulation and data.real_batch(1, torch.Generator().manual_seed(0)) is None:
             raise DMD2Error("training without backward simulation noises real images and this problem has none")
         torch.manual_seed(config.seed)  # the GAN head's and the LoRA's initial weights, the same in every process
+        generator = build_generator(teacher, config.lora_rank, config.lora_alpha)  # copies, before any cast
+        critic = build_critic(teacher, data.latent_shape if config.uses_gan else None)
         real_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32)
         self.real = teacher.requires_grad_(False).eval().to(self.acc.device)
         if real_dtype != torch.float32:
             self.real.to(real_dtype)  # no gradients through the real score: half precision is enough (as official)
-        generator = build_generator(teacher, config.lora_rank, config.lora_alpha)
-        critic = build_critic(teacher, data.latent_shape if config.uses_gan else None)
         if config.gradient_checkpointing:
             generator.enable_gradient_checkpointing()
             critic.unet.enable_gradient_checkpointing()
+        self._trainable_generator_keys = {name for name, p in generator.named_parameters() if p.requires_grad}
         opt_g = torch.optim.AdamW([p for p in generator.parameters() if p.requires_grad], lr=config.lr_generator,
                                   weight_decay=config.weight_decay)
         opt_c = torch.optim.AdamW(critic.parameters(), lr=config.lr_critic, weight_decay=config.weight_decay)
-        self.generator, self.critic, self.opt_g, self.opt_c = self.acc.prepare(generator, critic, opt_g, opt_c)
+        # one model with its optimiser per call: FSDP2 swaps the parameters of each for sharded ones
+        self.generator, self.opt_g = self.acc.prepare(generator, opt_g)
+        self.critic, self.opt_c = self.acc.prepare(critic, opt_c)
         #: this process's draws (prompts, noise, timesteps): different in every process
         self.rng = torch.Generator().manual_seed(config.seed + 1000 * self.acc.process_index)
         #: draws that decide how much work a step does (the backward-simulation depth): the same in every process,
@@ -129,6 +136,7 @@ class DistillTrainer:
         self.shared_rng = torch.Generator().manual_seed(config.seed + 999_999)
         self.sigma_table = training_sigmas().float()
         self.step_count = 0
+        self.run_id: str | None = None  # stamps every file of this run's checkpoints (set at the first save)
 
     @property
     def global_batch_size(self) -> int:
@@ -206,8 +214,20 @@ class DistillTrainer:
         samples from before the update (the critic trains on them next, as in the official loop) and the losses.
 
         The critic takes part with its parameters frozen (official main/sd_unified_model.py:303-310), so this turn
-        leaves no gradient, and no pending gradient reduction, on it.
+        leaves no gradient, and no pending gradient reduction, on it; frozen through the backward pass too, where
+        gradient checkpointing recomputes its blocks exactly as they ran.
         """
+        with frozen(self.critic):
+            loss, x, logs = self._generator_loss(x_in, sigma_in, cond)
+            self.opt_g.zero_grad(set_to_none=True)
+            self.acc.backward(loss)
+            self.acc.clip_grad_norm_([p for p in self.generator.parameters() if p.requires_grad],
+                                     self.config.max_grad_norm)
+            self.opt_g.step()
+        return x.detach(), logs
+
+    def _generator_loss(self, x_in: torch.Tensor, sigma_in: torch.Tensor, cond: dict[str, Any]
+                        ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         cfg, n = self.config, len(x_in)
         uncond = self.data.cond([""] * n)
         logs: dict[str, float] = {}
@@ -228,8 +248,7 @@ class DistillTrainer:
             if cfg.uses_gan and (cfg.gan_generator_weight > 0 or cfg.divergence != "reverse_kl"):
                 x_gan, sigma_gan, _ = self._noised(x if cfg.gan_generator_weight > 0 else x.detach(), cfg.gan_timesteps)
                 classify = (x_gan, sigma_gan, cond)
-            with frozen(self.critic):
-                x0_fake, logits = self.critic(denoise=(x_t, sigma, cond), classify=classify)
+            x0_fake, logits = self.critic(denoise=(x_t, sigma, cond), classify=classify)
             weights = None if cfg.divergence == "reverse_kl" else losses.f_divergence_weights(logits, cfg.divergence)
             loss = losses.distribution_matching_loss(x, x0_fake.float(), x0_real, weights)
             logs["gen/dm"] = loss.item()
@@ -241,11 +260,7 @@ class DistillTrainer:
                 reg = losses.regression_loss(x_pair, target.to(self.acc.device))
                 logs["gen/regression"] = reg.item()
                 loss = loss + cfg.regression_weight * reg
-        self.opt_g.zero_grad(set_to_none=True)
-        self.acc.backward(loss)
-        self.acc.clip_grad_norm_([p for p in self.generator.parameters() if p.requires_grad], cfg.max_grad_norm)
-        self.opt_g.step()
-        return x.detach(), logs
+        return loss, x, logs
 
     def critic_update(self, x: torch.Tensor, cond: dict[str, Any]) -> dict[str, float]:
         """One critic update on generator samples `x`: the fake score's denoising loss (t ~ U[0, 999]) and, with the
@@ -298,10 +313,12 @@ class DistillTrainer:
 
         bar = tqdm(total=steps, initial=self.step_count, disable=not progress or not self.acc.is_main_process,
                    desc="DMD2 distillation")
+        latest: dict[str, float] = {}  # the generator's losses come every ttur-th step: show the last of each
         while self.step_count < steps:
             logs = self.step()
+            latest.update(logs)
             bar.update(1)
-            bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in logs.items()}, refresh=False)
+            bar.set_postfix({k.replace("/", "_"): f"{v:.3g}" for k, v in sorted(latest.items())}, refresh=False)
             if checkpoint_dir is not None and checkpoint_every and self.step_count % checkpoint_every == 0:
                 self.save_checkpoint(checkpoint_dir)
             yield logs
@@ -309,64 +326,123 @@ class DistillTrainer:
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
 
-    def _trainable_generator_state(self) -> dict[str, torch.Tensor]:
-        generator = self.acc.unwrap_model(self.generator)
-        trainable = {name for name, p in generator.named_parameters() if p.requires_grad}
-        return {k: v for k, v in generator.state_dict().items() if k in trainable}
+    def _full_state(self, model: nn.Module, optimizer: Any) -> tuple[dict, dict]:
+        """(weights, optimiser state) keyed by parameter name, gathered whole on the main process (the others get
+        empty dicts) whether the model is plain, DDP or FSDP-sharded. Every process must call it."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    def save_checkpoint(self, folder: Path) -> Path:
-        """Everything a bit-exact resume needs: trainable weights, optimiser moments, step, every RNG state.
+        return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-        Written with torch.save of plain tensors and numbers only, and read back with weights_only=True.
-        """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.acc.wait_for_everyone()
+    def _load_full_state(self, model: nn.Module, optimizer: Any, weights: dict, optimizer_state: dict) -> None:
+        """Inverse of `_full_state`. Under FSDP only the main process holds the dicts and broadcasts them (model and
+        optimiser separately: given together, a process with empty dicts would skip the model's broadcast)."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        options = StateDictOptions(full_state_dict=True, strict=False, broadcast_from_rank0=self._sharded)
+        set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+        set_model_state_dict(model, weights, options=options)
+
+    @property
+    def _sharded(self) -> bool:
+        from accelerate.utils import DistributedType
+
+        return self.acc.distributed_type == DistributedType.FSDP
+
+    def _ensure_run_id(self) -> str:
+        if self.run_id is None:
+            from accelerate.utils import broadcast_object_list
+
+            self.run_id = broadcast_object_list([uuid.uuid4().hex[:12]])[0]
+        return self.run_id
+
+    def save_checkpoint(self, root: Path) -> Path:
+        """Save everything a bit-exact resume needs (trainable weights, optimiser moments, step, every process's
+        random state) as ROOT/step-N, published whole (see `distill.checkpoint`); older checkpoints are removed
+        once it is complete. Every process must call it."""
+        root, step = Path(root), self.step_count
+        partial, final = ckpt.partial_dir(root, step), ckpt.step_dir(root, step)
+        if ckpt.saved_by(final, self.run_id):  # this very state is already saved (the last periodic save)
+            return final
+        stamp = {"step": step, "run_id": self._ensure_run_id()}
         if self.acc.is_main_process:
-            _atomic_save({
-                "step": self.step_count,
-                "config": _config_record(self.config),
-                "generator": self._trainable_generator_state(),
-                "critic": self.acc.unwrap_model(self.critic).state_dict(),
-                "opt_generator": self.opt_g.state_dict(),
-                "opt_critic": self.opt_c.state_dict(),
-            }, folder / "state.pt")
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+        self.acc.wait_for_everyone()
+        generator, opt_generator = self._full_state(self.generator, self.opt_g)
+        critic, opt_critic = self._full_state(self.critic, self.opt_c)
+        if self.acc.is_main_process:
+            ckpt.save_weights(partial / "generator.safetensors",
+                              {k: v for k, v in generator.items() if k in self._trainable_generator_keys}, stamp)
+            ckpt.save_weights(partial / "critic.safetensors", critic, stamp)
+            ckpt.save_object(partial / "optimizers.pt", {"generator": opt_generator, "critic": opt_critic}, stamp)
         rng = {"trainer": self.rng.get_state(), "shared": self.shared_rng.get_state(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        _atomic_save(rng, folder / f"rng-{self.acc.process_index}.pt")
+        ckpt.save_object(partial / f"rng-{self.acc.process_index}.pt", rng, stamp)
         self.acc.wait_for_everyone()
-        return folder
+        if self.acc.is_main_process:
+            ckpt.publish(partial, final, {"format": ckpt.FORMAT, "version": ckpt.VERSION, **stamp,
+                                          "processes": self.acc.num_processes, "config": _config_record(self.config)})
+            ckpt.remove_older(root, final)
+        self.acc.wait_for_everyone()
+        return final
 
     def load_checkpoint(self, folder: Path) -> None:
-        """Restore a checkpoint saved with the same configuration (a different one would not resume exactly)."""
+        """Resume from a checkpoint folder (ROOT/step-N) saved with the same settings and number of processes;
+        anything else would not continue the run exactly, and is refused with a message saying why."""
         folder = Path(folder)
+        manifest = ckpt.read_manifest(folder)
+        if manifest.get("config") != _config_record(self.config):
+            saved, now = manifest.get("config") or {}, _config_record(self.config)
+            changed = sorted(k for k in now.keys() | saved.keys() if saved.get(k) != now.get(k))
+            raise ckpt.CheckpointError(f"the checkpoint {folder} was trained with different settings "
+                                       f"({', '.join(changed)}); resume with the same settings, or use another "
+                                       f"--output to start a new run")
+        if manifest["processes"] != self.acc.num_processes:
+            raise ckpt.CheckpointError(f"the checkpoint {folder} was saved by {manifest['processes']} process(es) and "
+                                       f"this run has {self.acc.num_processes}: an exact resume replays each "
+                                       f"process's random draws, so launch {manifest['processes']} processes")
+        stamp = {"step": manifest["step"], "run_id": manifest["run_id"]}
+        rng = ckpt.load_object(folder / f"rng-{self.acc.process_index}.pt", stamp)
+        generator = critic = {}
+        optimizers: dict[str, Any] = {"generator": {}, "critic": {}}
+        if self.acc.is_main_process or not self._sharded:
+            generator = ckpt.load_weights(folder / "generator.safetensors", stamp)
+            critic = ckpt.load_weights(folder / "critic.safetensors", stamp)
+            optimizers = ckpt.load_object(folder / "optimizers.pt", stamp)
+            if set(generator) != self._trainable_generator_keys:
+                raise ckpt.CheckpointError(f"the checkpoint {folder} holds other generator weights than this run "
+                                           f"trains (a different model or LoRA rank)")
         try:
-            state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
-            rng = torch.load(folder / f"rng-{self.acc.process_index}.pt", map_location="cpu", weights_only=True)
-        except FileNotFoundError as e:
-            raise DMD2Error(f"{folder} is not a complete DMD2 training checkpoint: {Path(e.filename).name} is "
-                            f"missing") from None
-        if state["config"] != _config_record(self.config):
-            changed = sorted(k for k in state["config"] if state["config"][k] != _config_record(self.config).get(k))
-            raise DMD2Error(f"the checkpoint in {folder} was trained with different settings ({', '.join(changed)}); "
-                            f"resume with the same settings")
-        if set(state["generator"]) != set(self._trainable_generator_state()):
-            raise DMD2Error(f"the checkpoint in {folder} holds different generator weights than this run trains")
-        self.acc.unwrap_model(self.generator).load_state_dict(state["generator"], strict=False)
-        self.acc.unwrap_model(self.critic).load_state_dict(state["critic"])
-        self.opt_g.load_state_dict(state["opt_generator"])
-        self.opt_c.load_state_dict(state["opt_critic"])
-        self.step_count = int(state["step"])
+            self._load_full_state(self.generator, self.opt_g, generator, optimizers["generator"])
+            self._load_full_state(self.critic, self.opt_c, critic, optimizers["critic"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ckpt.CheckpointError(f"the checkpoint {folder} does not fit this model: "
+                                       f"{first_line(e)}") from None
+        self.step_count, self.run_id = int(manifest["step"]), manifest["run_id"]
         self.rng.set_state(rng["trainer"])
         self.shared_rng.set_state(rng["shared"])
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
 
-    def student(self) -> nn.Module:
-        """The generator UNet (with its LoRA adapter, if any), unwrapped from accelerate."""
-        return self.acc.unwrap_model(self.generator)
+    def student(self) -> nn.Module | None:
+        """The generator UNet (with its LoRA adapter, if any) as a plain module. Under FSDP its weights are gathered
+        into a CPU copy on the main process; every process must call it then, and the others get None."""
+        if not self._sharded:
+            return self.acc.unwrap_model(self.generator)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        weights = get_model_state_dict(self.generator, options=StateDictOptions(full_state_dict=True,
+                                                                                 cpu_offload=True))
+        if not self.acc.is_main_process:
+            return None
+        student = build_generator(copy.deepcopy(self.real).cpu().float(), self.config.lora_rank,
+                                  self.config.lora_alpha)
+        student.load_state_dict(weights)
+        return student
 
 
 @contextlib.contextmanager
@@ -389,15 +465,5 @@ def pure_noise_input(noise: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _config_record(config: DistillConfig) -> dict[str, Any]:
-    record = dataclasses.asdict(config)
-    record["trained_timesteps"] = list(record["trained_timesteps"])
-    return record
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """The settings as JSON values (tuples as lists), as the checkpoint manifest stores them."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))

@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
+from . import host as host_caps
 from . import plan as plans
 from . import sampling
+from .host import HostCapabilities
 
 log = logging.getLogger("dmd2")
 
@@ -39,8 +41,13 @@ _run = _RunState()
 
 
 def _host() -> dict[str, Any]:
-    """The host modules we use, imported lazily (this file is imported by tests without A1111)."""
-    from modules import sd_samplers, sd_samplers_common, sd_samplers_kdiffusion, sd_schedulers, shared
+    """The host modules we use, imported lazily (this file is imported by tests without A1111). sd_schedulers is
+    None on hosts without it (Forge Classic, A1111 < 1.9)."""
+    from modules import sd_samplers, sd_samplers_common, sd_samplers_kdiffusion, shared
+    try:
+        from modules import sd_schedulers
+    except ImportError:
+        sd_schedulers = None
     return {"sd_samplers": sd_samplers, "common": sd_samplers_common, "kdiff": sd_samplers_kdiffusion,
             "sd_schedulers": sd_schedulers, "shared": shared}
 
@@ -88,18 +95,14 @@ def _cond_only_allowed(shared: Any, cond: Any, cond_scale: float) -> bool:
     return sampling.cond_only_possible(cond, cond_scale)
 
 
-def is_forge(sd_samplers: Any) -> bool:
-    """Forge (and reForge): its sampler registry has add_sampler, and its CFG skips the uncond pass at CFG 1."""
-    return hasattr(sd_samplers, "add_sampler")
-
-
-def build_sampler_class(kdiff: Any, shared: Any, forge: bool = False) -> type:
+def build_sampler_class(kdiff: Any, shared: Any, caps: HostCapabilities) -> type:
     """A KDiffusionSampler subclass that runs DMD2 (built from the host's class, so it exists only inside A1111).
 
-    `forge`: keep the host's CFG denoiser. Forge also has CFGDenoiserKDiffusion, but its CFG runs through its own
-    sampling_function, which already drops the uncond pass at CFG 1 and never calls the wrapper we would reroute.
+    `caps` (host.py) decides the path: the host's CFG denoiser is kept where it already skips the uncond pass at
+    CFG 1 (the Forge family), else wrapped to do so; the schedule is the DMD2 scheduler's, or computed here on hosts
+    without sd_schedulers; noise comes from the run's seeded `p.rng`.
     """
-    cfg_base = None if forge else getattr(kdiff, "CFGDenoiserKDiffusion", None)
+    cfg_base = None if caps.keep_host_cfg else getattr(kdiff, "CFGDenoiserKDiffusion", None)
 
     class DMD2CFGDenoiser(cfg_base or object):
         """A1111's CFG denoiser, skipping the unconditional pass when CFG 1 makes it irrelevant."""
@@ -117,29 +120,36 @@ def build_sampler_class(kdiff: Any, shared: Any, forge: bool = False) -> type:
         def __init__(self, sd_model):
             self._pure_noise = False
             super().__init__(self.sample_dmd2, sd_model)
-            if cfg_base is not None:  # A1111 only (see `forge` above)
+            if cfg_base is not None:
                 self.model_wrap_cfg = DMD2CFGDenoiser(self)
                 self.model_wrap = self.model_wrap_cfg.inner_model
 
         def sample_dmd2(self, model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
             chosen = _run.plan or current_plan(shared)
             off = sampling.off_plan_timesteps(sigmas, chosen.trained, getattr(self.model_wrap, "sigmas", None),
-                                              getattr(self.model_wrap, "sigma_to_t", None))
+                                              getattr(self.model_wrap, "sigma_to_t", None), caps.integer_timesteps)
             if off:
                 log.warning("DMD2: the schedule hits untrained timesteps %s; pick the DMD2 (or Automatic) schedule "
                             "type for exact DMD2", off)
+            if noise_sampler is None:
+                noise_sampler = sampling.seeded_noise_sampler(x, getattr(getattr(self, "p", None), "rng", None),
+                                                              caps.hijacked)
             return sampling.sample(model, x, sigmas, extra_args, callback, disable, noise_sampler,
                                    pure_noise=self._pure_noise)
 
         def get_sigmas(self, p, steps):
             _run.plan = None
-            sigmas = super().get_sigmas(p, steps)
+            if caps.schedulers or not _schedule_is_ours(p, shared):
+                sigmas = super().get_sigmas(p, steps)
+            else:  # no sd_schedulers: the sampler carries the DMD2 schedule, as the host's samplers carry theirs
+                sigmas = scheduler_function(steps, 0.0, 0.0, self.model_wrap, "cpu")
             if _run.plan is not None:
                 p.extra_generation_params[INFOTEXT_PLAN] = _run.plan.label
             return sigmas
 
         def sample(self, p, x, *args, **kwargs):
-            # txt2img: A1111 scaled the noise by sigma_0, or by sqrt(1 + sigma_0^2) with "SGM noise multiplier".
+            # txt2img: the host scaled the noise by sigma_0, or by sqrt(1 + sigma_0^2) with "SGM noise multiplier"
+            # (A1111 and Forge multiply; Neo calls its predictor's noise_scaling, which does the same for eps models)
             self._pure_noise = not getattr(shared.opts, "sgm_noise_multiplier", False)
             try:
                 return super().sample(p, x, *args, **kwargs)
@@ -149,14 +159,21 @@ def build_sampler_class(kdiff: Any, shared: Any, forge: bool = False) -> type:
     return DMD2Sampler
 
 
+def _schedule_is_ours(p: Any, shared: Any) -> bool:
+    """On a host without sd_schedulers: True unless a script overrides the schedule or the user set a global
+    schedule type ("k_sched_type", A1111 1.7's setting), which then applies to DMD2 as to every sampler."""
+    return (getattr(p, "sampler_noise_scheduler_override", None) is None
+            and getattr(shared.opts, "k_sched_type", "Automatic") in ("Automatic", None))
+
+
 # --- registration ---------------------------------------------------------------------------------------------------
 
 def _check_host(host: dict[str, Any]) -> list[str]:
-    """Names of the host internals we need that are missing."""
+    """Names of the host internals we need that are missing (sd_schedulers' only where the host has it)."""
     needs = {"sd_samplers": ("all_samplers", "all_samplers_map", "set_samplers"), "common": ("SamplerData",),
              "kdiff": ("KDiffusionSampler",), "sd_schedulers": ("Scheduler", "schedulers", "schedulers_map")}
     return [f"modules.{mod if mod != 'common' else 'sd_samplers_common'}.{attr}"
-            for mod, attrs in needs.items() for attr in attrs if not hasattr(host[mod], attr)]
+            for mod, attrs in needs.items() if host[mod] is not None for attr in attrs if not hasattr(host[mod], attr)]
 
 
 def register_scheduler(sd_schedulers: Any, kdiff: Any = None) -> Any:
@@ -178,7 +195,8 @@ def register_scheduler(sd_schedulers: Any, kdiff: Any = None) -> Any:
 
 
 def register_sampler(sd_samplers: Any, common: Any, sampler_class: type) -> Any:
-    """Add (or replace) the DMD2 sampler: Forge's add_sampler when the name is new, else in place."""
+    """Add (or replace) the DMD2 sampler: Forge's add_sampler when the name is new, else in place (A1111, Neo,
+    reForge and Classic have no add_sampler)."""
     data = common.SamplerData(SAMPLER_NAME, lambda model: sampler_class(model), SAMPLER_ALIASES,
                               {"scheduler": SCHEDULER_NAME})
     existing = [i for i, s in enumerate(sd_samplers.all_samplers) if s.name == SAMPLER_NAME]
@@ -186,7 +204,7 @@ def register_sampler(sd_samplers: Any, common: Any, sampler_class: type) -> Any:
         sd_samplers.all_samplers[existing[0]] = data
         sd_samplers.all_samplers_map[SAMPLER_NAME] = data
         sd_samplers.set_samplers()
-    elif is_forge(sd_samplers):
+    elif hasattr(sd_samplers, "add_sampler"):
         sd_samplers.add_sampler(data)
         sd_samplers.all_samplers_map[SAMPLER_NAME] = data
     else:
@@ -194,7 +212,7 @@ def register_sampler(sd_samplers: Any, common: Any, sampler_class: type) -> Any:
         sd_samplers.all_samplers_map[SAMPLER_NAME] = data
         sd_samplers.set_samplers()
     cached = getattr(sd_samplers, "get_sampler_and_scheduler", None)
-    if hasattr(cached, "cache_clear"):  # functools.cache'd in A1111: forget answers given before we existed
+    if hasattr(cached, "cache_clear"):  # functools.cache'd (lru_cache in Neo): forget answers given before we existed
         cached.cache_clear()
     return data
 
@@ -230,14 +248,16 @@ def setup() -> bool:
         log.error("DMD2: not registered: this webui lacks %s (a changed internal); stock samplers and schedulers "
                   "are untouched", ", ".join(missing))
         return False
+    caps = host_caps.current()
+    print(caps.describe(host_caps.where()), flush=True)
     shared = host["shared"]
     try:
         register_settings(shared)
     except (AttributeError, ImportError, TypeError) as e:
         log.warning("DMD2: settings not added (%s); the sampler still works with the Automatic plan", e)
-    register_scheduler(host["sd_schedulers"], host["kdiff"])
-    register_sampler(host["sd_samplers"], host["common"],
-                     build_sampler_class(host["kdiff"], shared, forge=is_forge(host["sd_samplers"])))
+    if host["sd_schedulers"] is not None:
+        register_scheduler(host["sd_schedulers"], host["kdiff"])
+    register_sampler(host["sd_samplers"], host["common"], build_sampler_class(host["kdiff"], shared, caps))
     try:  # callbacks are cleared on Reload UI before scripts/ runs again, so this never duplicates
         from modules import script_callbacks
 

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 from ..sampler.models.catalog import load_catalog
 from ..sampler.errors import DMD2Error
-from ..sampler.models.checkpoints import TRAINED_TIMESTEPS_KEY, timesteps_from_metadata
+from ..sampler.models.stamps import PLAN_KEY, TRAINED_TIMESTEPS_KEY, timesteps_from_metadata
 from ..sampler.models.files import is_pickle_file, read_safetensors_header
 from ..sampler.plans import TRAINED_TIMESTEPS
 
@@ -27,8 +27,6 @@ PLAN_LABELS = {"sdxl_4step": "SDXL 4-step", "sdxl_1step": "SDXL 1-step", "sd15_1
 AUTOMATIC = "Automatic"
 SETTING_CHOICES = [AUTOMATIC, *PLAN_LABELS.values()]
 FALLBACK_PLAN = "sdxl_4step"
-#: Metadata key our merge / LoRA conversion tools stamp on the files they write.
-PLAN_METADATA_KEY = "dmd2_plan"
 
 
 @dataclass(frozen=True)
@@ -82,8 +80,8 @@ def _plan_of_file(path: str, sha256: str | None, is_sdxl: bool | None, _stamp: t
             meta = read_safetensors_header(path).get("__metadata__") or {}
         except (DMD2Error, OSError):
             meta = {}
-        if meta.get(PLAN_METADATA_KEY) in TRAINED_TIMESTEPS:
-            return meta[PLAN_METADATA_KEY], f"{PLAN_METADATA_KEY} metadata of {Path(path).name}"
+        if meta.get(PLAN_KEY) in TRAINED_TIMESTEPS:
+            return meta[PLAN_KEY], f"{PLAN_KEY} metadata of {Path(path).name}"
         plan = _plan_with_timesteps(meta.get(TRAINED_TIMESTEPS_KEY))
         if plan:
             return plan, f"{TRAINED_TIMESTEPS_KEY} metadata of {Path(path).name}"

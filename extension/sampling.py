@@ -1,11 +1,13 @@
 """The DMD2 sampler and scheduler as A1111 / Forge call them; the math is the core's (`sampler/`).
 
-Nothing here imports A1111: the host hands us its denoiser, its sigma table and (through k-diffusion's module-level
-`torch`, which A1111 swaps for its seeded RNG) its noise, so the same code serves A1111, Forge and the tests.
+Nothing here imports A1111: the host hands us its denoiser, its sigma table and its seeded RNG (`p.rng`, or
+k-diffusion's module-level `torch`, which the host swaps for it), so the same code serves every A1111-family host and
+the tests.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
@@ -19,18 +21,22 @@ from ..sampler.schedule import sigma_to_timestep, sigmas_for_timesteps
 log = logging.getLogger("dmd2")
 
 
-def host_noise_sampler(x: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """k-diffusion's default noise sampler: inside A1111 / Forge it draws from the image's seeded RNG.
+def seeded_noise_sampler(x: torch.Tensor, rng: Any = None, hijacked: str = "k_diffusion.sampling"
+                         ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The host's seeded per-image noise, as its stock ancestral samplers draw it.
 
-    A1111 replaces `k_diffusion.sampling.torch` with a shim whose `randn_like` returns `p.rng.next()` (per-image
-    seeds, subseeds, CPU/GPU/NV source), so drawing through it makes DMD2's per-step noise reproducible exactly like
-    the stock ancestral samplers'. Without k-diffusion (plain Python) it is torch.randn_like.
+    `rng`: the run's `p.rng` (A1111's modules.rng.ImageRNG: per-image seeds, subseeds, CPU/GPU/NV source). Every
+    host's TorchHijack answers k-diffusion's `torch.randn_like` with `p.rng.next()`, so drawing from it directly
+    gives the same stream whichever k-diffusion copy the host hijacks (reForge: k_diff.k_diffusion or ldm_patched's).
+    Without it, the default noise sampler of the hijacked module `hijacked`; without k-diffusion, torch.randn_like.
     """
+    if rng is not None:
+        return lambda sigma, sigma_next: rng.next().to(x)
     try:
-        import k_diffusion.sampling as kds
+        module = importlib.import_module(hijacked)
     except ImportError:
         return lambda sigma, sigma_next: torch.randn_like(x)
-    return kds.default_noise_sampler(x)
+    return module.default_noise_sampler(x)
 
 
 def sample(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor,
@@ -44,7 +50,7 @@ def sample(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Te
     sqrt(1 + sigma_0^2).
     """
     if noise_sampler is None:
-        noise_sampler = host_noise_sampler(x)
+        noise_sampler = seeded_noise_sampler(x)
     return sample_dmd2(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                        noise_sampler=noise_sampler, pure_noise=pure_noise)
 
@@ -62,23 +68,25 @@ def schedule(n: int, trained: Sequence[int], sigma_table: torch.Tensor | None) -
 
 
 def off_plan_timesteps(sigmas: torch.Tensor, trained: Sequence[int], sigma_table: torch.Tensor | None,
-                       host_sigma_to_t: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[float]:
+                       host_sigma_to_t: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                       integer: bool = False) -> list[float]:
     """Timesteps of a schedule that are not trained ones (a stock scheduler picked with the DMD2 sampler).
 
-    `host_sigma_to_t`: the host's own sigma -> timestep map (its model wrapper's sigma_to_t), so the list names the
-    timesteps the UNet really gets: A1111 interpolates (or quantizes, with its option on), Forge takes the nearest
-    integer. Without it, A1111's interpolation over `sigma_table`.
+    The list names the timesteps the UNet really gets: `integer` for hosts whose UNet is called through a
+    ComfyUI-style model_sampling (the Forge family: the integer nearest in log sigma over `sigma_table`); else the
+    host's own `host_sigma_to_t` (A1111's model wrapper: it interpolates, or quantizes with its option on), else
+    A1111's interpolation over `sigma_table`.
     """
     positive = sigmas[:-1].detach().clamp_min(1e-8)
-    if host_sigma_to_t is not None:
-        steps = host_sigma_to_t(positive).detach().to("cpu", torch.float64).flatten()
+    table = None if sigma_table is None else sigma_table.detach().to("cpu", torch.float64)
+    if integer or host_sigma_to_t is None:
+        steps = sigma_to_timestep(positive.to("cpu", torch.float64), table, quantize=integer)
     else:
-        table = None if sigma_table is None else sigma_table.detach().to("cpu", torch.float64)
-        steps = sigma_to_timestep(positive.to("cpu", torch.float64), table)
+        steps = host_sigma_to_t(positive).detach().to("cpu", torch.float64).flatten()
     return [round(float(t), 2) for t in steps if min(abs(float(t) - s) for s in trained) > 1e-3]
 
 
-# --- one model call per step at CFG 1 (A1111 only: Forge's CFG function already skips the uncond pass) ----------
+# --- one model call per step at CFG 1 (A1111 only: the Forge family's CFG function already skips the uncond pass)
 
 def take_rows(obj: Any, start: int, stop: int, rows: int) -> Any:
     """`obj` (a tensor, or dicts / lists of them, as A1111 builds conditioning) cut to rows start:stop of `rows`."""

@@ -28,6 +28,13 @@ def full_path(folder: str, name: str) -> Path | None:
     return Path(path) if path else None
 
 
+def folder_paths(folder: str) -> list[Path]:
+    """Every directory ComfyUI searches for `folder` (models/<folder>, extra_model_paths.yaml entries, ...)."""
+    import folder_paths as comfy_folder_paths
+
+    return [Path(p) for p in comfy_folder_paths.get_folder_paths(folder)]
+
+
 def models_dir() -> Path:
     """ComfyUI's models folder (honours --base-directory); catalog downloads go to its sub-folders."""
     import folder_paths

@@ -2,7 +2,7 @@
 
 Queueing a workflow with DMD2 Live Session registers its MODEL, CLIP and VAE (references, no copies) as the live
 session. The panel then posts {prompt, seed, strength, request_id} to /dmd2/live/frame and gets a JPEG back with the
-time of every stage. Frames render on one worker thread (`sampler.app.live.LatestWins`: the newest request wins, older
+time of every stage. Frames render on one worker thread (`sampler.live.LatestWins`: the newest request wins, older
 ones are dropped or stopped between stages). A frame starts only while ComfyUI's prompt queue is idle, and the
 prompt worker waits for a frame in flight before it runs a prompt (`host.install_queue_gate`), so the queue waits at
 most one frame and frames never run next to a prompt (no model loads or weight patches from two threads).
@@ -18,19 +18,22 @@ import asyncio
 import io
 import json
 import logging
+import math
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
 
 import torch
 
-from ..sampler.app.live import FrameTimings, LatestWins, PromptCache, Superseded, check_cancelled, idle_gate, timed
+from ..sampler.errors import DMD2Error
+from ..sampler.live import FrameTimings, LatestWins, PromptCache, Superseded, check_cancelled, idle_gate, timed
 from . import host
 from .sampling import node_sigmas, sample_dmd2
 
 log = logging.getLogger("dmd2")
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+MAX_REQUEST_ID = 2**53  # what a JavaScript number counts exactly
 MAX_PROMPT = 4000
 FORMATS = {"jpeg": "image/jpeg", "png": "image/png"}
 
@@ -49,26 +52,48 @@ class FrameRequest:
     submitted: float = 0.0
 
 
+def _whole_number(body: dict, name: str, default: int, high: int) -> int:
+    """body[name] as an integer in 0..high: a JSON integer, an integral finite number or a decimal string (the
+    panel sends numbers; a hand-made request may not). ValueError names the field otherwise."""
+    value = body.get(name, default)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            pass
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+        raise ValueError(f"{name} must be a whole number in 0..{high}, got {value!r:.60}")
+    return value
+
+
 def parse_frame_request(body: Any) -> FrameRequest:
-    """A FrameRequest from the panel's JSON; ValueError (-> HTTP 400) says which field is wrong."""
+    """A FrameRequest from the panel's JSON; ValueError (-> HTTP 400) names the field that is wrong.
+
+    Every field is checked before anything is queued: JSON allows what Python cannot use here (Infinity and NaN
+    are numbers to json.loads, a list where a string belongs is unhashable), and those must end as a 400, not as
+    an error in the worker."""
     if not isinstance(body, dict):
-        raise ValueError("expected a JSON object {prompt, seed, strength, request_id}")
+        raise ValueError("expected a JSON object {prompt, seed, strength, request_id, format}")
     prompt = body.get("prompt", "")
     if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT:
         raise ValueError(f"prompt must be a string of at most {MAX_PROMPT} characters")
-    try:
-        seed, strength, request_id = int(body.get("seed", 0)), float(body.get("strength", 1.0)), \
-            int(body.get("request_id", 0))
-    except (TypeError, ValueError):
-        raise ValueError("seed and request_id must be integers, strength a number") from None
-    if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be in 0..{MAX_SEED}")
-    if not 0.0 < strength <= 1.0:
-        raise ValueError("strength must be in (0, 1]")
+    seed = _whole_number(body, "seed", 0, MAX_SEED)
+    request_id = _whole_number(body, "request_id", 0, MAX_REQUEST_ID)
+    strength = body.get("strength", 1.0)
+    if isinstance(strength, str):
+        try:
+            strength = float(strength)
+        except ValueError:
+            pass
+    if (not isinstance(strength, (int, float)) or isinstance(strength, bool) or not math.isfinite(strength)
+            or not 0.0 < strength <= 1.0):
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r:.60}")
     fmt = body.get("format", "jpeg")
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {sorted(FORMATS)}")
-    return FrameRequest(prompt, seed, strength, request_id, fmt, time.perf_counter())
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r:.60}")
+    return FrameRequest(prompt, seed, float(strength), request_id, fmt, time.perf_counter())
 
 
 class Session:
@@ -83,7 +108,7 @@ class Session:
         self.tiny_decoder, self.decoder = None, "vae"
         path = host.tiny_decoder_file(self.base)
         if path is not None:
-            from ..sampler.app.taesd import load_tiny_decoder
+            from ..sampler.models.taesd import load_tiny_decoder
 
             device = host.torch_device()
             self.tiny_decoder = load_tiny_decoder(path, device, torch.float16 if device.type == "cuda" else
@@ -102,7 +127,7 @@ class Session:
         """(H, W, 3) in [0, 1] on the CPU."""
         if self.tiny_decoder is None:
             return host.vae_decode(self.vae, samples).float().cpu()
-        from ..sampler.app.taesd import decode_tiny
+        from ..sampler.models.taesd import decode_tiny
 
         return decode_tiny(self.tiny_decoder, host.latent_for_unet(self.model, samples))[0].permute(1, 2, 0).cpu()
 
@@ -203,10 +228,57 @@ def _ms(timings: FrameTimings) -> dict[str, float]:
     return {name: round(seconds * 1000, 2) for name, seconds in timings.stages.items()}
 
 
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer of the live routes, independent of aiohttp: a JSON object or bytes of `content_type`."""
+
+    status: int
+    json: dict[str, Any] | None = None
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+async def answer_frame(live: Live, read_json: Callable[[], Awaitable[Any]]) -> Reply:
+    """POST /dmd2/live/frame: parse and check the request (400 names the bad field), render it on the worker,
+    answer the image (200) or why not (409 superseded / no session, 500 a failed frame). A client that goes away
+    (the handler is cancelled) withdraws its request, so the worker moves on at once."""
+    started = time.perf_counter()
+    try:
+        frame_request = parse_frame_request(await read_json())
+    except ValueError as e:  # json.JSONDecodeError and undecodable bytes are ValueErrors too
+        return Reply(400, {"error": str(e)})
+    future = live.submit(frame_request)
+    try:
+        data, timings = await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        live.worker.withdraw(future)
+        raise
+    except Superseded:
+        return Reply(409, {"superseded": True, "request_id": frame_request.request_id})
+    except NoSession as e:
+        return Reply(409, {"error": str(e), "no_session": True})
+    except DMD2Error as e:
+        return Reply(500, {"error": str(e)})
+    except Exception as e:  # noqa: BLE001 - report it to the panel, log the traceback here
+        log.exception("[DMD2] live frame failed")
+        return Reply(500, {"error": f"{type(e).__name__}: {e}"})
+    stages = _ms(timings)
+    stages["server"] = round((time.perf_counter() - started) * 1000, 2)
+    return Reply(200, body=data, content_type=FORMATS[frame_request.format],
+                 headers={"X-DMD2-Timings": json.dumps(stages), "Cache-Control": "no-store",
+                          "X-DMD2-Request-Id": str(frame_request.request_id)})
+
+
+def answer_status(live: Live) -> Reply:
+    """GET /dmd2/live/status: whether a session is registered, the queue's state and the session's numbers."""
+    session = live.session
+    return Reply(200, {"ready": session is not None, "queue_busy": live.busy(),
+                       **(session.describe() if session else {})})
+
+
 def register_routes() -> None:
     """POST /dmd2/live/frame and GET /dmd2/live/status on ComfyUI's server; gate the prompt worker on frames."""
-    from aiohttp import web
-
     routes = host.server_routes()
     LIVE.busy = host.queue_busy
     if not host.install_queue_gate(LIVE.lock):
@@ -215,28 +287,17 @@ def register_routes() -> None:
 
     @routes.post("/dmd2/live/frame")
     async def frame(request: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            frame_request = parse_frame_request(await request.json())
-        except (ValueError, json.JSONDecodeError) as e:
-            return web.json_response({"error": str(e)}, status=400)
-        try:
-            data, timings = await asyncio.wrap_future(LIVE.submit(frame_request))
-        except Superseded:
-            return web.json_response({"superseded": True, "request_id": frame_request.request_id}, status=409)
-        except NoSession as e:
-            return web.json_response({"error": str(e), "no_session": True}, status=409)
-        except Exception as e:  # noqa: BLE001 - report it to the panel, log the traceback here
-            log.exception("[DMD2] live frame failed")
-            return web.json_response({"error": f"{type(e).__name__}: {e}"}, status=500)
-        stages = _ms(timings)
-        stages["server"] = round((time.perf_counter() - started) * 1000, 2)
-        return web.Response(body=data, content_type=FORMATS[frame_request.format],
-                            headers={"X-DMD2-Timings": json.dumps(stages), "Cache-Control": "no-store",
-                                     "X-DMD2-Request-Id": str(frame_request.request_id)})
+        return to_response(await answer_frame(LIVE, request.json))
 
     @routes.get("/dmd2/live/status")
     async def status(request: Any) -> Any:
-        session = LIVE.session
-        return web.json_response({"ready": session is not None, "queue_busy": LIVE.busy(),
-                                  **(session.describe() if session else {})})
+        return to_response(answer_status(LIVE))
+
+
+def to_response(reply: Reply) -> Any:
+    """The aiohttp response of a Reply."""
+    from aiohttp import web
+
+    if reply.json is not None:
+        return web.json_response(reply.json, status=reply.status, headers=reply.headers)
+    return web.Response(body=reply.body, status=reply.status, content_type=reply.content_type, headers=reply.headers)

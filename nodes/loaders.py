@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..sampler.models.catalog import load_catalog
+from ..sampler.models.catalog import Entry, load_catalog
 from ..sampler.models.checkpoints import FileInfo, check_compatible, inspect_file
-from ..sampler.models.files import is_pickle_file, load_state_dict
+from ..sampler.models.files import broken_link, is_pickle_file, load_state_dict
 from ..sampler.models.checkpoints import resolve_model
-from ..sampler.errors import DMD2Error
+from ..sampler.errors import DMD2Error, ModelNotFoundError
 from ..sampler.plans import DEFAULT_TRAINED, TRAINED_TIMESTEPS
 from . import host
 from .tags import DMD2Facts, tag_model
@@ -38,23 +38,46 @@ def download_progress() -> Any:
     return report
 
 
-def resolve_choice(folder: str, choice: str) -> tuple[Path, FileInfo]:
-    """(path, FileInfo) of a dropdown value: a catalog entry (found in any `folder` path, else downloaded and
-    verified into ComfyUI's models folder) or a file ComfyUI lists in `folder`."""
-    if choice.startswith(CATALOG_PREFIX):
-        entry = load_catalog().get(choice[len(CATALOG_PREFIX):])
-        names = set(host.filename_list(folder))
-        for name in (entry.converted_filename if entry.is_pickle else None, entry.filename):
-            path = host.full_path(folder, name) if name in names else None
-            if path is not None and not is_pickle_file(path):
-                return path, inspect_file(path)
-        log.info("[DMD2] fetching %s (%s) into %s", entry.id, entry.filename, host.models_dir() / entry.comfyui_folder)
-        resolved = resolve_model(entry.id, host.models_dir(), download_progress())
-        return resolved.path, resolved.info
-    path = host.full_path(folder, choice)
-    if path is None:
+def catalog_entry(choice: str, kind: str) -> Entry | None:
+    """The catalog entry a dropdown value names: "catalog: <id>", or the released file name of a catalog file of
+    `kind` (what the example workflows use, so that ComfyUI's frontend offers the download when it is missing)."""
+    for entry in load_catalog():
+        names = (CATALOG_PREFIX + entry.id, entry.filename) + ((entry.converted_filename,) if entry.is_pickle else ())
+        if entry.kind == kind and choice in names:
+            return entry
+    return None
+
+
+def check_choice(folder: str, kind: str, choice: str) -> bool | str:
+    """ComfyUI's input validation for a loader's file input: a file ComfyUI lists in `folder` or a catalog file of
+    `kind` (by "catalog: <id>" or its file name, fetched on first use); otherwise the message ComfyUI shows."""
+    if choice in host.filename_list(folder) or catalog_entry(choice, kind) is not None:
+        return True
+    return (f"{choice!r} is neither a file in ComfyUI's {folder} folders nor a DMD2 catalog file "
+            f"(refresh the node list, or pick a 'catalog: ...' entry)")
+
+
+def resolve_choice(folder: str, kind: str, choice: str) -> tuple[Path, FileInfo]:
+    """(path, FileInfo) of a dropdown value: a file ComfyUI lists in `folder`, else a catalog entry (found in any
+    `folder` path, else downloaded and verified into ComfyUI's models folder)."""
+    if not choice.startswith(CATALOG_PREFIX):
+        path = host.full_path(folder, choice)
+        if path is not None:
+            return path, inspect_file(path)
+        for link in (broken_link(Path(where) / choice) for where in host.folder_paths(folder)):
+            if link:  # ComfyUI lists a symlink to nothing (or a loop) but cannot open it: say which link to fix
+                raise ModelNotFoundError(f"cannot open {choice}: {link}. Fix or remove the link")
+    entry = catalog_entry(choice, kind)
+    if entry is None:
         raise FileNotFoundError(f"{choice!r} is not in ComfyUI's {folder} folders (refresh the node list?)")
-    return path, inspect_file(path)
+    names = set(host.filename_list(folder))
+    for name in (entry.converted_filename if entry.is_pickle else None, entry.filename):
+        path = host.full_path(folder, name) if name in names else None
+        if path is not None and not is_pickle_file(path):
+            return path, inspect_file(path)
+    log.info("[DMD2] fetching %s (%s) into %s", entry.id, entry.filename, host.models_dir() / entry.comfyui_folder)
+    resolved = resolve_model(entry.id, host.models_dir(), download_progress())
+    return resolved.path, resolved.info
 
 
 def facts_for(info: FileInfo, plan: str = "auto") -> DMD2Facts:
@@ -110,8 +133,12 @@ class DMD2UNetLoader:
                            "sdxl_1step 399); set it for a renamed or converted file."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, unet_name: str) -> bool | str:
+        return check_choice("diffusion_models", "unet", unet_name)
+
     def load(self, unet_name: str, weight_dtype: str, plan: str = "auto") -> tuple[Any]:
-        path, info = resolve_choice("diffusion_models", unet_name)
+        path, info = resolve_choice("diffusion_models", "unet", unet_name)
         check_compatible(info, "unet")
         state_dict = load_state_dict(path) if is_pickle_file(path) else None  # pickles only through weights-only
         model = host.load_diffusion_model(path, state_dict, weight_dtype)
@@ -137,8 +164,12 @@ class DMD2LoraLoader:
                 "tooltip": "LoRA strength: 1.0 on SDXL base; 0.5-0.75 for community finetunes."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, lora_name: str) -> bool | str:
+        return check_choice("loras", "lora", lora_name)
+
     def load(self, model: Any, lora_name: str, strength: float) -> tuple[Any]:
-        path, info = resolve_choice("loras", lora_name)
+        path, info = resolve_choice("loras", "lora", lora_name)
         check_compatible(info, "lora", host.model_base(model))
         patched = host.apply_lora(model, host.load_lora_file(path), strength) if strength != 0 else model
         return (tag_model(patched, facts_for(info)),)

@@ -2,7 +2,7 @@
 
 ComfyUI (`nodes/`), A1111 / Forge (`extension/`) and the command line (`python -m sampler`) all call this package,
 so a fix here reaches every host. The core is the modules here: `schedule.py`, `plans.py`, `sampling.py`,
-`noise.py`, `denoiser.py`, `errors.py`. Beside it, each in its own sub-package and importing the core, never the
+`noise.py`, `denoiser.py`, `errors.py`, `live.py`. Beside it, each in its own sub-package and importing the core, never the
 other way round: `models/` (catalog, downloads, weight files, conversion), `app/` (the standalone command line,
 pipeline, live mode) and `shapes/` (the offline shapes world and its embedded DMD2 student).
 """

@@ -13,3 +13,13 @@ def sd15_unet():
 @pytest.fixture(scope="session")
 def sdxl_unet():
     return tiny_sdxl_unet()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state (mixed precision, device); the command makes its own Accelerator."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)

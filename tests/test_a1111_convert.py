@@ -1,6 +1,7 @@
 """sampler.models.convert: diffusers -> LDM UNet key map, checkpoint merge (incl. LoRA fusing), LoRA key conversion."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -184,7 +185,11 @@ def test_convert_lora_file_cli(tmp_path):
             "lora_unet_up_blocks_0_upsamplers_0_conv.lora_up.weight": torch.ones(4, 2, 1, 1),
             "lora_unet_up_blocks_0_upsamplers_0_conv.alpha": torch.tensor(1.0)}
     save_file(lora, tmp_path / "l.safetensors", metadata={"ss_network_dim": "2"})
-    assert cli.main(["convert-lora", str(tmp_path / "l.safetensors"), str(tmp_path / "o.safetensors")]) == 0
+    # Only the upsampler: nothing in these keys says SDXL or SD1.5, so the base must be named.
+    assert cli.main(["convert-lora", str(tmp_path / "l.safetensors"), str(tmp_path / "o.safetensors")]) == 1
+    assert not (tmp_path / "o.safetensors").exists()
+    assert cli.main(["convert-lora", str(tmp_path / "l.safetensors"), str(tmp_path / "o.safetensors"),
+                     "--base", "sdxl"]) == 0
     out = load_file(tmp_path / "o.safetensors")
     assert set(out) == {"lora_unet_output_blocks_2_2_conv.lora_down.weight",
                         "lora_unet_output_blocks_2_2_conv.lora_up.weight", "lora_unet_output_blocks_2_2_conv.alpha"}
@@ -201,3 +206,118 @@ def test_merge_tab_handler_writes_into_the_models_folder_and_reports_errors(tiny
     assert "exists" in run_merge(base, unet, "", 1.0, "merged", tmp_path)
     assert run_merge(base, unet, "", 1.0, "../escape", tmp_path).startswith("Error")
     assert run_merge(base, "", "", 1.0, "x", tmp_path).startswith("Error")
+
+
+# --- what merge and convert-lora are given is checked, like the loaders check it ----------------------------------
+
+SD15_MODULE = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
+SD15_LORA = {SD15_MODULE + ".lora_down.weight": torch.ones(4, 768), SD15_MODULE + ".lora_up.weight": torch.ones(640, 4),
+             SD15_MODULE + ".alpha": torch.tensor(4.0)}
+VAE = {"decoder.conv_in.weight": torch.ones(8, 4, 3, 3), "decoder.up.0.block.0.conv1.weight": torch.ones(8, 8, 3, 3)}
+PEFT_LORA = {"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": torch.ones(4, 2048),
+             "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight": torch.ones(640, 4)}
+
+
+def saved(tmp_path, name, tensors):
+    save_file(tensors, tmp_path / name)
+    return str(tmp_path / name)
+
+
+def run(capsys, *argv):
+    """`python -m sampler` in this process: (exit status, stderr); an escaping exception fails the test."""
+    status = cli.main(list(argv))
+    return status, capsys.readouterr().err
+
+
+def test_convert_lora_checks_what_it_is_given(tmp_path, capsys):
+    out = str(tmp_path / "out.safetensors")
+    cases = [(saved(tmp_path, "vae.safetensors", VAE), [], "is a VAE, but a LoRA is needed"),
+             (saved(tmp_path, "sd15.safetensors", SD15_LORA), ["--base", "sdxl"],
+              "SD1.5 lora, but the model it is used with is SDXL"),
+             (saved(tmp_path, "peft.safetensors", PEFT_LORA), [], "LoRA in peft layout.*kohya")]
+    for src, extra, words in cases:
+        status, err = run(capsys, "convert-lora", src, out, *extra)
+        assert status == 1 and err.startswith("error: ") and "Traceback" not in err
+        assert re.search(words, err), err
+        assert not (tmp_path / "out.safetensors").exists()
+    # Without --base the LoRA's own base is used: SD1.5 names, not SDXL's.
+    assert run(capsys, "convert-lora", str(tmp_path / "sd15.safetensors"), out)[0] == 0
+    expected = kohya_unet_name_map("sd15")["lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"]
+    assert {k.split(".")[0] for k in load_file(out)} == {expected} != \
+        kohya_unet_name_map("sdxl")["lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"]
+
+
+def test_convert_lora_never_overwrites_silently(tmp_path, capsys):
+    src = saved(tmp_path, "sd15.safetensors", SD15_LORA)
+    status, err = run(capsys, "convert-lora", src, src, "--overwrite")
+    assert status == 1 and "also an input" in err
+    (tmp_path / "taken.safetensors").write_bytes(b"mine")
+    status, err = run(capsys, "convert-lora", src, str(tmp_path / "taken.safetensors"))
+    assert status == 1 and "exists" in err and "--overwrite" in err
+    assert (tmp_path / "taken.safetensors").read_bytes() == b"mine"
+    assert run(capsys, "convert-lora", src, str(tmp_path / "taken.safetensors"), "--overwrite")[0] == 0
+    status, err = run(capsys, "convert-lora", src, str(tmp_path / "out.ckpt"))
+    assert status == 1 and "must end in .safetensors" in err
+
+
+def test_merge_checks_what_it_is_given(tiny_files, tmp_path, capsys):
+    folder, sd, _ = tiny_files
+    base, unet = str(folder / "sdxl_base_tiny.safetensors"), str(folder / "dmd2_sdxl_4step_unet_tiny.safetensors")
+    out = str(tmp_path / "merged.safetensors")
+    cases = [
+        (["--base", unet, "--unet", unet], "is a UNet only.*full checkpoint .* is needed"),
+        (["--base", base, "--unet", saved(tmp_path, "vae.safetensors", VAE)], "is a VAE, but a UNet only"),
+        (["--base", base, "--lora", unet], "is a UNet only.*but a LoRA is needed"),
+        (["--base", base, "--lora", saved(tmp_path, "sd15.safetensors", SD15_LORA)],
+         "SD1.5 lora, but the model it is used with is SDXL"),
+        (["--base", base, "--lora", saved(tmp_path, "peft.safetensors", PEFT_LORA)], "peft layout"),
+        (["--base", base], "nothing to merge"),
+        (["--base", base, "--unet", unet, "--output", base, "--overwrite"], "also an input"),
+        (["--base", str(tmp_path), "--unet", unet], "is a folder, not a model file"),
+        (["--base", str(tmp_path / "nope.safetensors"), "--unet", unet], "no such file"),
+        (["--base", base, "--unet", unet, "--output", str(tmp_path / "m.bin")], "must end in .safetensors"),
+    ]
+    for args, words in cases:
+        argv = ["merge", *args] + ([] if "--output" in args else ["--output", out])
+        status, err = run(capsys, *argv)
+        assert status == 1 and "Traceback" not in err and re.search(words, err), (args, err)
+        assert not (tmp_path / "merged.safetensors").exists()
+    unet_module = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
+    te = saved(tmp_path, "te_lora.safetensors", {  # an SDXL LoRA of the UNet and the first text encoder
+        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.ones(4, 768),
+        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.ones(3072, 4),
+        unet_module + ".lora_down.weight": torch.ones(4, 64), unet_module + ".lora_up.weight": torch.ones(64, 4)})
+    status, err = run(capsys, "merge", "--base", base, "--lora", te, "--output", out)
+    assert status == 1 and "adapts the text encoders" in err, err
+
+
+def test_merge_and_the_a1111_tab_say_the_same_about_damaged_files(tiny_files, tmp_path, capsys):
+    """A damaged header (entry without data_offsets) reaches the command line and the A1111 tab as one message."""
+    from tests.a1111.support import load_pack
+    load_pack()
+    from dmd2_pack.extension.ui import run_merge
+
+    folder, _, _ = tiny_files
+    raw = (folder / "dmd2_sdxl_4step_unet_tiny.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    del header["conv_in.weight"]["data_offsets"]
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    broken = tmp_path / "broken_unet.safetensors"
+    broken.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
+    base = str(folder / "sdxl_base_tiny.safetensors")
+    status, err = run(capsys, "merge", "--base", base, "--unet", str(broken), "--output",
+                      str(tmp_path / "m.safetensors"))
+    tab = run_merge(base, str(broken), "", 1.0, "m2", tmp_path)
+    assert status == 1 and "damaged safetensors header (tensor 'conv_in.weight' has data_offsets None" in err
+    assert tab == "Error: " + err.removeprefix("error: ").strip()
+    assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "m2.safetensors").exists()
+    # An error nobody planned for reaches the tab as a line too (the traceback goes to the console log).
+    import dmd2_pack.extension.ui as ui
+    original = ui.merge_checkpoint
+    ui.merge_checkpoint = lambda *a, **k: {}["boom"]
+    try:
+        assert run_merge(base, str(broken), "", 1.0, "m3", tmp_path).startswith("Error: unexpected KeyError")
+    finally:
+        ui.merge_checkpoint = original

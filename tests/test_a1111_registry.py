@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from tests.a1111.support import load_pack
 
 load_pack()
-from dmd2_pack.extension import a1111, plan, sampling  # noqa: E402
+from dmd2_pack.extension import a1111, host, plan, sampling  # noqa: E402
 
 SamplerData = namedtuple("SamplerData", ["name", "constructor", "aliases", "options"])
 
@@ -214,7 +214,7 @@ def test_forge_shaped_sampler_keeps_forge_cfg_and_feeds_unit_variance_noise(monk
                                    sd_model=types.SimpleNamespace(is_sdxl=True, sd_checkpoint_info=None))
     monkeypatch.setitem(sys.modules, "modules", types.SimpleNamespace(shared=shared))
     monkeypatch.setitem(sys.modules, "modules.shared", shared)
-    cls = a1111.build_sampler_class(forge_shaped_kdiff(table), shared)
+    cls = a1111.build_sampler_class(forge_shaped_kdiff(table), shared, FORGE_CAPS)
     sampler = cls(sd_model=None)
     assert type(sampler.model_wrap_cfg).__name__ == "ForgeCFG"  # Forge's CFG is kept
     p = types.SimpleNamespace(steps=1, extra_generation_params={})
@@ -223,3 +223,70 @@ def test_forge_shaped_sampler_keeps_forge_cfg_and_feeds_unit_variance_noise(monk
     (sigma, std), = sampler.model_wrap_cfg.calls
     assert sigma == pytest.approx(float(table[399]))  # the SDXL 1-step model's t = 399 ...
     assert std == pytest.approx(float(noise.std()) * (1 + sigma ** 2) ** 0.5, rel=1e-5)  # ... on sqrt(1+s^2) noise
+
+
+FORGE_CAPS = host.HostCapabilities(name="Forge", keep_host_cfg=True, integer_timesteps=True, schedulers=True,
+                                   add_sampler=True, cached_lookup=True, image_rng=True,
+                                   hijacked="k_diffusion.sampling", first_noise="x * sigma_0")
+
+
+def _module(name, **attrs):
+    module = types.ModuleType(name)
+    module.__dict__.update(attrs)
+    return module
+
+
+@pytest.mark.parametrize("family", ["A1111", "Forge", "Forge Neo", "reForge", "Forge Classic"])
+def test_detect_reads_each_family_off_its_modules(family):
+    """The internals that tell the hosts apart (their real module attributes, DESIGN.md section 7) give the path."""
+    forge_cfg = family != "A1111"
+    sd_samplers = _module("modules.sd_samplers", get_sampler_and_scheduler=functools.lru_cache(lambda a, b: a))
+    if family == "Forge":
+        sd_samplers.add_sampler = lambda data: None
+    if family == "Forge Classic":
+        del sd_samplers.get_sampler_and_scheduler
+    kdiff = _module("modules.sd_samplers_kdiffusion", KDiffusionSampler=type("KDiffusionSampler", (), {}))
+    cfg = _module("modules.sd_samplers_cfg_denoiser", **({"sampling_function": len} if forge_cfg else {}))
+    common = _module("modules.sd_samplers_common")
+    if family == "reForge":  # `from k_diff.k_diffusion import sampling` in sd_samplers_common / _kdiffusion
+        common.sampling = _module("k_diff.k_diffusion.sampling")
+    schedulers = None if family == "Forge Classic" else _module("modules.sd_schedulers")
+    caps = host.detect(sd_samplers, kdiff, cfg, common, schedulers, _module("modules.rng", ImageRNG=object))
+    assert caps.name == family
+    assert caps.keep_host_cfg == caps.integer_timesteps == forge_cfg
+    assert caps.schedulers == (family != "Forge Classic") and caps.add_sampler == (family == "Forge")
+    assert caps.cached_lookup == (family != "Forge Classic")
+    assert caps.hijacked == ("k_diff.k_diffusion.sampling" if family == "reForge" else "k_diffusion.sampling")
+    line = caps.describe("/webui")
+    assert line.startswith(f"DMD2: host {family} (/webui); ") and "\n" not in line
+
+
+def test_seeded_noise_comes_from_the_runs_image_rng():
+    """p.rng.next() is what every host's TorchHijack returns for k-diffusion's randn_like: drawn directly."""
+    draws = [torch.full((2, 4, 8, 8), float(i)) for i in range(3)]
+    rng = types.SimpleNamespace(next=lambda: draws.pop(0))
+    noise = sampling.seeded_noise_sampler(torch.zeros(2, 4, 8, 8, dtype=torch.float64), rng)
+    first, second = noise(1.0, 0.5), noise(0.5, 0.1)
+    assert first.dtype == torch.float64 and float(first[0, 0, 0, 0]) == 0.0 and float(second[1, 3, 7, 7]) == 1.0
+
+
+def test_schedulerless_host_sampler_carries_the_dmd2_schedule(monkeypatch):
+    """Forge Classic / A1111 < 1.9: no sd_schedulers, so the DMD2 sampler's get_sigmas is the DMD2 schedule (unless
+    the user set a global schedule type, which applies to every sampler there)."""
+    from sampler.schedule import training_sigmas
+    table = training_sigmas().float()
+    shared = types.SimpleNamespace(opts=types.SimpleNamespace(sgm_noise_multiplier=False, dmd2_plan="Automatic",
+                                                              k_sched_type="Automatic"),
+                                   sd_model=types.SimpleNamespace(is_sdxl=False, sd_checkpoint_info=None))
+    monkeypatch.setitem(sys.modules, "modules", types.SimpleNamespace(shared=shared))
+    monkeypatch.setitem(sys.modules, "modules.shared", shared)
+    kdiff = forge_shaped_kdiff(table)
+    kdiff.KDiffusionSampler.get_sigmas = lambda self, p, steps: torch.linspace(14.6, 0, steps + 1)  # stock: uniform
+    caps = dataclasses.replace(FORGE_CAPS, name="Forge Classic", schedulers=False, add_sampler=False)
+    sampler = a1111.build_sampler_class(kdiff, shared, caps)(sd_model=None)
+    p = types.SimpleNamespace(sampler_noise_scheduler_override=None, extra_generation_params={})
+    sigmas = sampler.get_sigmas(p, 4)
+    expected = [float(table[t]) for t in (999, 749, 499, 249)] + [0.0]
+    assert sigmas.tolist() == pytest.approx(expected) and p.extra_generation_params["DMD2 plan"] == "SDXL 4-step"
+    shared.opts.k_sched_type = "karras"
+    assert sampler.get_sigmas(p, 4).tolist() == pytest.approx(torch.linspace(14.6, 0, 5).tolist())

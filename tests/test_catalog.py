@@ -136,3 +136,73 @@ def test_entries_built_in_code_are_checked_too():
     with pytest.raises(CatalogError, match="cannot leave the models folder"):
         Entry(**{**fields, "filename": "../x.safetensors"})
     assert len(Catalog((entry,))) == 1
+
+
+TYPE_ERRORS = [
+    ({"recommended": {"cfg": 1.0, "lora_strength_finetune": 5}}, "recommended.lora_strength_finetune"),
+    ({"recommended": {"cfg": 1.0, "lora_strength_finetune": [0.5, "x"]}}, "recommended.lora_strength_finetune"),
+    ({"recommended": {"cfg": "x"}}, "recommended.cfg"),
+    ({"recommended": {"cfg": True}}, "recommended.cfg"),
+    ({"recommended": {"lora_strength": 1.0}}, "recommended must be an object with cfg"),
+    ({"recommended": {"cfg": 1.0, "lora_strength": False}}, "recommended.lora_strength"),
+    ({"recommended": [1.0]}, "recommended must be an object"),
+    ({"size": True}, "size"),
+    ({"size": 1.5}, "size"),
+    ({"size": "5135149736"}, "size"),
+    ({"steps": True}, "steps"),
+    ({"name": 3}, "name"),
+    ({"name": ""}, "name"),
+    ({"license": None}, "license"),
+    ({"notes": None}, "notes"),
+    ({"plan": ["sdxl_4step"]}, "plan"),
+    ({"kind": ["unet"]}, "kind"),
+    ({"revision": 5}, "revision"),
+    ({"sha256": None}, "sha256"),
+    ({"hosts": {"comfyui": ["loras"], "a1111": None}}, "hosts.comfyui"),
+    ({"hosts": {"comfyui": "diffusion_models", "a1111": 7}}, "hosts.a1111"),
+]
+
+
+@pytest.mark.parametrize("change, field", TYPE_ERRORS, ids=lambda c: str(c)[:60])
+def test_type_errors_name_the_entry_and_the_field(change, field, tmp_path):
+    """Every wrong type in models.json is refused with the entry and the field (the schema agrees: it is the
+    independent statement of the same rules); a bool is never taken for a number."""
+    data = with_entry(**change)
+    assert not VALIDATOR.is_valid(data)
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CatalogError) as err:
+        load_catalog(path)
+    message = str(err.value)
+    assert "models[0]: catalog entry 'dmd2-sdxl-4step-unet-fp16'" in message and field in message, message
+
+
+def test_a_finetune_range_runs_low_to_high(tmp_path):
+    """The one rule JSON Schema cannot state: [low, high] in order."""
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps(with_entry(recommended={"cfg": 1.0, "lora_strength_finetune": [0.75, 0.5]})))
+    with pytest.raises(CatalogError, match="'dmd2-sdxl-4step-unet-fp16'.*low <= high"):
+        load_catalog(path)
+
+
+def test_entries_that_are_not_objects_and_unreadable_catalogs(tmp_path):
+    path = tmp_path / "models.json"
+    for models, words in (([5], "models[0]: catalog entry must be an object"),
+                          ([DATA["models"][0], "x"], "models[1]: catalog entry must be an object")):
+        path.write_text(json.dumps({"version": 1, "models": models}))
+        with pytest.raises(CatalogError, match=words.replace("[", r"\[").replace("]", r"\]")):
+            load_catalog(path)
+    path.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(CatalogError, match="not valid JSON"):
+        load_catalog(path)
+    with pytest.raises(CatalogError, match="cannot be read"):
+        load_catalog(tmp_path)  # a folder
+
+
+def test_download_urls_are_the_hubs_own():
+    """Entry.url (example workflows, manual-download hints) is the URL huggingface_hub itself builds."""
+    from huggingface_hub import hf_hub_url
+
+    for entry in load_catalog():
+        hub = hf_hub_url(entry.repo, entry.filename, revision=entry.revision, endpoint="https://huggingface.co")
+        assert entry.url == hub

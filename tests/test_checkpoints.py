@@ -259,3 +259,13 @@ def test_resolve_model_specs(tmp_path):
         resolve_model("dmd2-sdxl-8step", tmp_path, catalog=CATALOG)
     with pytest.raises(ModelNotFoundError):
         resolve_model(str(tmp_path / "missing.safetensors"), tmp_path, catalog=CATALOG)
+
+
+def test_a_damaged_converted_copy_is_made_again(tmp_path):
+    """The .converted.safetensors of a verified pickle is ours: damaged, it is rebuilt from the source, not fatal."""
+    catalog, src = catalog_with_pickle(tmp_path)
+    first = resolve_model("dmd2-sdxl-1step-unet-fp16", tmp_path / "models", catalog=catalog)
+    first.path.write_bytes(first.path.read_bytes()[:40])
+    again = resolve_model("dmd2-sdxl-1step-unet-fp16", tmp_path / "models", catalog=catalog)
+    assert again.path == first.path and again.source == src
+    assert torch.equal(load_state_dict(again.path)["conv_in.weight"], torch.ones(320, 4, 3, 3))

@@ -3,7 +3,9 @@ through our own loaders and sampler."""
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -11,8 +13,10 @@ import torch
 from distill import losses
 from distill.export import export_lora, export_unet, kohya_lora_state_dict, merged_unet
 from distill.models import GANHead, bottleneck_size, build_generator, guided_x0, predict_x0, unet_bottleneck
+from distill.checkpoint import CheckpointError, complete_checkpoints, latest_checkpoint
 from distill.trainer import DistillConfig, DistillTrainer
-from sampler.models.checkpoints import TRAINED_TIMESTEPS_KEY, inspect_file
+from sampler.models.checkpoints import inspect_file
+from sampler.models.stamps import TRAINED_TIMESTEPS_KEY
 from sampler.models.files import load_state_dict
 from sampler.errors import DMD2Error
 from sampler.models.tiny import tiny_sd15_unet, tiny_sdxl_unet
@@ -221,6 +225,21 @@ def test_smoke_run_losses_finite_critic_learns_generator_moves():
     assert len(moved) > len(before) // 2
 
 
+def test_mixed_precision_trains_float32_copies_of_the_teacher(fresh_accelerate_state):
+    """bf16 autocast with the real score stored in bf16 (as official), but the generator and critic are float32
+    copies of the float32 teacher: their weights and AdamW states stay full precision."""
+    teacher = tiny_sd15_unet()
+    weights = params(teacher)
+    from accelerate import Accelerator
+
+    trainer = DistillTrainer(teacher, RandomData(), small_config(mixed_precision="bf16"),
+                             Accelerator(cpu=True, mixed_precision="bf16"))
+    assert next(trainer.real.parameters()).dtype == torch.bfloat16
+    for model in (trainer.student(), trainer.acc.unwrap_model(trainer.critic).unet):
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        assert all(torch.equal(v, weights[k]) for k, v in params(model).items() if k in weights)
+
+
 @pytest.mark.parametrize("overrides", [dict(), dict(lora_rank=4, divergence="js", regression_weight=0.5)],
                          ids=["full-unet", "lora-js-regression"])
 def test_resume_is_bit_exact(tmp_path, overrides):
@@ -229,10 +248,10 @@ def test_resume_is_bit_exact(tmp_path, overrides):
     list(straight.train(4, progress=False))
 
     first = trainer_for(config)
-    list(first.train(2, progress=False))
-    first.save_checkpoint(tmp_path / "ckpt")
+    list(first.train(2, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1, progress=False))
+    assert [p.name for p in complete_checkpoints(tmp_path / "ckpt")] == ["step-00000002"]  # older ones removed
     resumed = trainer_for(config)
-    resumed.load_checkpoint(tmp_path / "ckpt")
+    resumed.load_checkpoint(latest_checkpoint(tmp_path / "ckpt"))
     assert resumed.step_count == 2
     list(resumed.train(4, progress=False))
 
@@ -242,14 +261,62 @@ def test_resume_is_bit_exact(tmp_path, overrides):
         assert all(torch.equal(pa[k], pb[k]) for k in pa), "resumed run diverged"
 
 
-def test_resume_refuses_other_settings_and_incomplete_checkpoints(tmp_path):
+@pytest.fixture
+def saved(tmp_path):
+    """A complete checkpoint at step 1, and the trainer that wrote it."""
     trainer = trainer_for(small_config())
-    trainer.save_checkpoint(tmp_path / "ckpt")
-    with pytest.raises(DMD2Error, match="ttur"):
-        trainer_for(small_config(ttur=3)).load_checkpoint(tmp_path / "ckpt")
-    (tmp_path / "ckpt" / "rng-0.pt").unlink()
-    with pytest.raises(DMD2Error, match="rng-0.pt is missing"):
-        trainer_for(small_config()).load_checkpoint(tmp_path / "ckpt")
+    trainer.step()
+    return trainer.save_checkpoint(tmp_path / "ckpt"), trainer
+
+
+def test_resume_refuses_other_settings_and_process_counts(saved):
+    folder, _ = saved
+    with pytest.raises(CheckpointError, match=r"different settings \(ttur\)"):
+        trainer_for(small_config(ttur=3)).load_checkpoint(folder)
+    manifest = json.loads((folder / "checkpoint.json").read_text())
+    (folder / "checkpoint.json").write_text(json.dumps({**manifest, "processes": 2}))
+    with pytest.raises(CheckpointError, match="saved by 2 process"):
+        trainer_for(small_config()).load_checkpoint(folder)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "rng-0.pt").unlink(), "rng-0.pt is missing"),
+    (lambda f: (f / "checkpoint.json").unlink(), "checkpoint.json is missing"),
+    (lambda f: (f / "checkpoint.json").write_text("{not json"), "checkpoint.json is damaged"),
+    (lambda f: (f / "critic.safetensors").write_bytes(b""), r"critic.safetensors has 0 bytes"),
+    (lambda f: (f / "optimizers.pt").write_bytes((f / "optimizers.pt").read_bytes()[:1000]),
+     r"optimizers.pt has 1,000 bytes"),
+], ids=["missing-file", "no-manifest", "bad-manifest", "zero-byte", "truncated"])
+def test_damaged_checkpoints_are_named_not_tracebacks(saved, damage, message):
+    folder, _ = saved
+    damage(folder)
+    with pytest.raises(CheckpointError, match=message) as e:
+        trainer_for(small_config()).load_checkpoint(folder)
+    assert str(folder) in str(e.value)
+
+
+def test_a_file_from_another_checkpoint_is_foreign(saved, tmp_path):
+    folder, trainer = saved
+    trainer.step()
+    other = trainer.save_checkpoint(tmp_path / "other")  # the same run one step later
+    shutil.copyfile(other / "rng-0.pt", folder / "rng-0.pt")
+    manifest = json.loads((folder / "checkpoint.json").read_text())
+    manifest["files"]["rng-0.pt"] = (folder / "rng-0.pt").stat().st_size  # even with a matching manifest
+    (folder / "checkpoint.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="rng-0.pt does not belong to this checkpoint .*copied in"):
+        trainer_for(small_config()).load_checkpoint(folder)
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint_newest(saved):
+    """A kill while writing step 2 leaves only its partial folder, which resuming never reads."""
+    folder, trainer = saved
+    partial = folder.parent / ".step-00000002.partial"
+    partial.mkdir()
+    (partial / "generator.safetensors").write_bytes(b"half")
+    assert latest_checkpoint(folder.parent) == folder
+    trainer.step()
+    assert trainer.save_checkpoint(folder.parent).name == "step-00000002"
+    assert [p.name for p in folder.parent.iterdir()] == ["step-00000002"]  # partial and step 1 cleaned up
 
 
 def test_config_rejects_bad_settings():
@@ -408,16 +475,6 @@ def test_full_students_have_no_lora_to_export():
 # --- command line -----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """accelerate keeps one process-wide state (mixed precision, device); the command makes its own Accelerator."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
-
-
 def test_train_command_distils_a_diffusers_pipeline_and_resumes(tmp_path, fresh_accelerate_state):
     """`python -m distill train` on a (tiny) SDXL pipeline folder: trains, checkpoints, exports a LoRA our loaders
     and the standalone pipeline apply, and a rerun with more steps resumes from the checkpoint."""
@@ -433,7 +490,7 @@ def test_train_command_distils_a_diffusers_pipeline_and_resumes(tmp_path, fresh_
     info = inspect_file(tmp_path / "out" / "student_lora.safetensors")
     assert (info.kind, info.format, info.trained_timesteps) == ("lora", "kohya", (999, 499))
     assert main(["train", *args[:-3], "3", "--lr-generator", "1e-3"]) == 0
-    assert torch.load(tmp_path / "out" / "checkpoint" / "state.pt", weights_only=True)["step"] == 3
+    assert latest_checkpoint(tmp_path / "out" / "checkpoints").name == "step-00000003"
 
     pipe = tiny_sdxl_pipeline(tmp_path / "tok2")
     apply_dmd2_weights(pipe, tmp_path / "out" / "student_lora.safetensors", info)
@@ -450,4 +507,7 @@ def test_train_command_explains_bad_input(tmp_path, capsys):
     assert "has no prompts" in capsys.readouterr().err
     (tmp_path / "p.txt").write_text("a cat\n")
     assert main(["train", str(tmp_path / "nowhere"), "--prompts", str(tmp_path / "p.txt")]) == 1
-    assert "cannot load a diffusers pipeline" in capsys.readouterr().err
+    assert "no such file or folder" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    assert main(["train", str(tmp_path / "folder"), "--prompts", str(tmp_path / "p.txt")]) == 1
+    assert "cannot load a diffusers pipeline from" in capsys.readouterr().err

@@ -1,9 +1,11 @@
-"""install.py: only what is missing, never torch, xformers only for a CUDA torch, and a second run changes nothing."""
+"""install.py: only what is missing, no installed package ever changed (host pins, torch), a too-old one named in one
+line, xformers only for a CUDA torch, and a second run changes nothing."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import subprocess
@@ -35,19 +37,30 @@ def requirements(tmp_path: Path, *lines: str) -> Path:
 
 
 def test_pack_requirements_never_name_torch(install):
-    names = {r.name.lower() for r in install.read_requirements(ROOT / "requirements.txt")}
+    reqs = install.read_requirements(ROOT / "requirements.txt")
+    names = {r.name.lower() for r, _ in reqs}
     assert names and not names & install.HOST_OWNED
+    assert all(purpose for _, purpose in reqs), "say what each requirement is for: install.py prints it"
 
 
-def test_only_missing_requirements_and_torch_pinned(install, tmp_path, monkeypatch):
+def test_only_absent_requirements_installed_and_every_installed_package_pinned(install, tmp_path, monkeypatch,
+                                                                              capsys):
     calls = []
-    monkeypatch.setattr(install, "pip_installer", lambda launch: lambda args, desc: calls.append(args))
+    monkeypatch.setattr(install, "pip_installer", lambda launch: lambda args, desc: calls.append(
+        (args, Path(args[1]).read_text())))
     monkeypatch.setattr(install, "torch_is_cuda", lambda: False)
-    reqs = requirements(tmp_path, "# comment", "safetensors>=0.4", "torch>=99", "torchvision", "safetensors>=99",
-                        "dmd2-not-installed-anywhere", "-r other.txt")
+    reqs = requirements(tmp_path, "# comment", "safetensors>=0.4", "torch>=99", "torchvision",
+                        "safetensors>=99  # loading checkpoints", "dmd2-not-installed-anywhere", "-r other.txt")
     assert install.main(reqs) == 0
-    (args,) = calls
-    assert args[0] == "-c" and args[2:] == ["safetensors>=99", "dmd2-not-installed-anywhere"]
+    (args, constraints), = calls
+    assert args[0] == "-c" and args[2:] == ["dmd2-not-installed-anywhere"]  # too old is not installed...
+    out = capsys.readouterr().out
+    assert (f"safetensors {install.installed_version('safetensors')} is installed and this pack wants >=99 "
+            "(loading checkpoints): left as it is") in out  # ...but said in one line
+    pins = set(constraints.split())
+    assert f"torch=={install.installed_version('torch')}" in pins
+    assert f"safetensors=={install.installed_version('safetensors')}" in pins
+    assert len(pins) == len({d.metadata["Name"].lower() for d in importlib.metadata.distributions()})
 
 
 def test_missing_torch_installs_nothing(install, tmp_path, monkeypatch, capsys):
@@ -126,7 +139,7 @@ def test_fresh_venv_twice(tmp_path):
     pack = tmp_path / "pack"
     pack.mkdir()
     (pack / "install.py").write_bytes((ROOT / "install.py").read_bytes())
-    requirements(pack, "safetensors>=0.4", "torch>=99", "dmd2-test-dep>=1.0")
+    requirements(pack, "safetensors>=99  # checkpoints", "torch>=99", "dmd2-test-dep>=1.0")
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     tiny_wheel(wheels)
@@ -134,7 +147,9 @@ def test_fresh_venv_twice(tmp_path):
 
     first = subprocess.run([python, "install.py"], cwd=pack, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "installing dmd2-test-dep>=1.0 (torch stays at" in first.stdout and "torch>=99" not in first.stdout
+    assert "installing dmd2-test-dep>=1.0 (every installed package" in first.stdout and "torch>=99" not in first.stdout
+    assert "safetensors" in first.stdout and "left as it is, never upgraded" in first.stdout
+    assert not list(site.glob("safetensors*")), "an installed package too old for us is never upgraded"
     assert list(site.glob("dmd2_test_dep*"))  # into the new venv, not the environment it borrows from
     assert not list(site.glob("torch*")), "install.py must never install torch"
     before = snapshot(env_dir)
@@ -143,3 +158,15 @@ def test_fresh_venv_twice(tmp_path):
     assert second.returncode == 0, second.stdout + second.stderr
     assert "nothing to install" in second.stdout and "xformers: skipped (torch is not a CUDA build)" in second.stdout
     assert snapshot(env_dir) == before
+
+
+def test_the_a1111_extension_registers_without_huggingface_hub():
+    """install.py leaves a too-old huggingface_hub alone (it never changes an installed package): the sampler,
+    scheduler and plan must still load then, only downloads need the hub."""
+    code = ("import sys; sys.modules['huggingface_hub'] = None\n"  # any import of it raises ImportError
+            "from tests.a1111.support import load_pack\n"
+            "load_pack()\n"
+            "import importlib; importlib.import_module('dmd2_pack.extension.a1111')\n"
+            "assert 'dmd2_pack.sampler.models.download' not in sys.modules\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = {"sampler", "sampler.schedule", "sampler.plans", "sampler.sampling", "sampler.noise", "sampler.denoiser",
-        "sampler.errors"}
+        "sampler.errors", "sampler.live"}
 SUB_PACKAGES = ("sampler.models", "sampler.app", "sampler.shapes")
 
 

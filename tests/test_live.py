@@ -6,9 +6,10 @@ from safetensors.torch import save_file
 
 from sampler import TRAINED_TIMESTEPS
 from sampler.errors import WrongKindError
-from sampler.app.live import LiveSession, PromptCache, run_live_loop
+from sampler.app.live import LiveSession, run_live_loop
+from sampler.live import PromptCache
 from sampler.app.pipeline import decode_to_images, generate_latents, sdxl_conditioning, to_pil_images
-from sampler.app.taesd import decode_tiny, load_tiny_decoder, tiny_decoder
+from sampler.models.taesd import decode_tiny, load_tiny_decoder, tiny_decoder
 from sampler.models.tiny import randomize_, tiny_sdxl_pipeline
 
 

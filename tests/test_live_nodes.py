@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import threading
 import time
 import types
@@ -11,7 +12,7 @@ import types
 import pytest
 import torch
 
-from sampler.app.live import LatestWins, Superseded, check_cancelled, idle_gate
+from sampler.live import LatestWins, Superseded, check_cancelled, idle_gate
 from tests.test_nodes import PACK, _import_pack
 
 _import_pack()
@@ -139,7 +140,7 @@ def test_queue_gate_reports_a_changed_queue(monkeypatch):
 
 @pytest.mark.parametrize("body, message", [
     ([], "JSON object"), ({"prompt": 3}, "prompt"), ({"prompt": "x", "seed": -1}, "seed"),
-    ({"prompt": "x", "strength": 0}, "strength"), ({"prompt": "x", "seed": "a"}, "integers"),
+    ({"prompt": "x", "strength": 0}, "strength"), ({"prompt": "x", "seed": "a"}, "seed must be a whole number"),
     ({"prompt": "x", "format": "gif"}, "format"),
 ])
 def test_parse_frame_request_rejects(body, message):
@@ -206,7 +207,7 @@ def test_node_registers_session_and_frames_cache_prompts_and_use_the_anchor(fake
 
 def test_frame_stops_when_superseded(fake_host):
     live.DMD2LiveSession().register("model", "clip", "vae", 64, 64, 1)
-    with pytest.raises(live.Superseded):  # the pack's own copy of sampler.app.live
+    with pytest.raises(live.Superseded):  # the pack's own copy of sampler.live
         live.render_frame(live.LIVE.session, live.parse_frame_request({"prompt": "a"}), lambda: True)
     assert fake_host["sample"] == []
 
@@ -215,3 +216,185 @@ def test_no_session_says_what_to_do():
     state = live.Live()
     with pytest.raises(live.NoSession, match="DMD2 Live Session"):
         state.submit(live.parse_frame_request({"prompt": "a"})).result(5)
+
+
+# --- bad requests and requests nobody waits for any more -------------------------------------------------------
+
+@pytest.mark.parametrize("raw, field", [
+    ('{"prompt": "a", "seed": Infinity}', "seed"), ('{"prompt": "a", "seed": NaN}', "seed"),
+    ('{"prompt": "a", "seed": -Infinity}', "seed"), ('{"prompt": "a", "seed": 1.5}', "seed"),
+    ('{"prompt": "a", "seed": true}', "seed"), ('{"prompt": "a", "seed": [1]}', "seed"),
+    ('{"prompt": "a", "seed": 18446744073709551616}', "seed"), ('{"prompt": "a", "seed": "1e400"}', "seed"),
+    ('{"prompt": "a", "strength": Infinity}', "strength"), ('{"prompt": "a", "strength": NaN}', "strength"),
+    ('{"prompt": "a", "strength": "x"}', "strength"), ('{"prompt": "a", "strength": true}', "strength"),
+    ('{"prompt": "a", "strength": {}}', "strength"),
+    ('{"prompt": "a", "format": []}', "format"), ('{"prompt": "a", "format": {"a": 1}}', "format"),
+    ('{"prompt": "a", "format": null}', "format"), ('{"prompt": "a", "request_id": -1}', "request_id"),
+    ('{"prompt": "a", "request_id": 1e300}', "request_id"), ('{"prompt": ["a"]}', "prompt"),
+    ('{"prompt": null}', "prompt"), ('"just a string"', "JSON object"), ("null", "JSON object"),
+])
+def test_every_field_is_checked(raw, field):
+    """What json.loads (and so aiohttp's request.json) accepts but the frame cannot use ends as a ValueError (400)
+    naming the field, never as an error in the worker."""
+    with pytest.raises(ValueError, match=field):
+        live.parse_frame_request(json.loads(raw))
+
+
+def test_numbers_the_panel_or_a_script_may_send():
+    r = live.parse_frame_request({"prompt": "a", "seed": 7.0, "strength": "0.5", "request_id": "12"})
+    assert (r.seed, r.strength, r.request_id) == (7, 0.5, 12)
+    assert live.parse_frame_request({"prompt": "a", "seed": live.MAX_SEED}).seed == live.MAX_SEED
+
+
+def test_a_cancelled_waiting_request_does_not_break_the_next_submit():
+    """The reported bug: a pending request cancelled by its client made the next submit raise InvalidStateError."""
+    started, release = threading.Event(), threading.Event()
+
+    def render(payload, cancelled):
+        if payload == "busy":
+            started.set()
+            release.wait(5)
+        return payload
+
+    worker = LatestWins(render)
+    busy = worker.submit("busy")
+    assert started.wait(5)
+    waiting = worker.submit("waiting")
+    assert waiting.cancel()  # the client went away while it waited
+    newer = worker.submit("newer")  # drops the cancelled one: no InvalidStateError
+    release.set()
+    assert newer.result(5) == "newer" and waiting.cancelled()
+    assert busy.result(5) == "busy"  # it never checked for newer requests: it finished
+    assert worker.submit("again").result(5) == "again"
+
+
+def test_a_withdrawn_request_stops_and_the_worker_goes_on():
+    steps, release = [], threading.Event()
+
+    def render(payload, cancelled):
+        for i in range(100):
+            check_cancelled(cancelled)
+            steps.append((payload, i))
+            if payload == "long" and i == 2:
+                release.set()
+            time.sleep(0.01)
+        return payload
+
+    worker = LatestWins(render)
+    long = worker.submit("long")
+    assert release.wait(5)
+    worker.withdraw(long)  # the client of the running request went away
+    _wait_until(lambda: worker._running is None)
+    assert len([s for s in steps if s[0] == "long"]) < 100  # it stopped early
+    assert worker.submit("next").result(10) == "next"
+    queued = worker.submit("a")
+    worker.withdraw(queued)
+    assert worker.submit("b").result(10) == "b"
+
+
+def test_failing_gates_and_renders_never_wedge_the_worker():
+    def gate(cancelled):
+        raise RuntimeError("the host queue is gone")
+
+    worker = LatestWins(lambda payload, cancelled: payload, gate=gate)
+    with pytest.raises(RuntimeError, match="queue is gone"):
+        worker.submit("x").result(5)
+    worker.gate = None
+    assert worker.submit("y").result(5) == "y"
+
+    def render(payload, cancelled):
+        raise KeyboardInterrupt  # even a BaseException goes to the caller, not the thread
+
+    worker.render = render
+    with pytest.raises(KeyboardInterrupt):
+        worker.submit("z").result(5)
+    worker.render = lambda payload, cancelled: payload
+    assert worker.submit("w").result(5) == "w"
+
+
+def run_async(coroutine):
+    import asyncio
+
+    return asyncio.run(coroutine)
+
+
+async def _json_of(text):
+    return json.loads(text)
+
+
+def test_route_answers_for_bad_requests_and_missing_sessions():
+    state = live.Live()
+    for raw in ('{"prompt": "a", "seed": Infinity}', '{"prompt": "a", "format": []}', "{not json", "",
+                '{"prompt": "a", "strength": 2}'):
+        reply = run_async(live.answer_frame(state, lambda raw=raw: _json_of(raw)))
+        assert reply.status == 400 and reply.json["error"], (raw, reply)
+    reply = run_async(live.answer_frame(state, lambda: _json_of('{"prompt": "a"}')))
+    assert reply.status == 409 and reply.json["no_session"]
+    assert live.answer_status(state).json == {"ready": False, "queue_busy": False}
+
+
+def test_route_withdraws_the_request_of_a_client_that_went_away(fake_host):
+    """aiohttp cancels the handler when its client disconnects: the frame's request is withdrawn, and the next
+    request is served at once."""
+    import asyncio
+
+    state = live.Live()
+    live.DMD2LiveSession().register("model", "clip", "vae", 64, 64, 1)
+    state.session = live.LIVE.session
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_render(request, cancelled):
+        entered.set()
+        while not release.is_set():
+            check_cancelled(cancelled)
+            time.sleep(0.01)
+        return b"frame", live.FrameTimings({"unet": 0.1})
+
+    state.worker.render = slow_render
+
+    async def scenario():
+        task = asyncio.ensure_future(live.answer_frame(state, lambda: _json_of('{"prompt": "a", "seed": 1}')))
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
+        task.cancel()  # the client is gone
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        return await live.answer_frame(state, lambda: _json_of('{"prompt": "b", "seed": 2, "format": "png"}'))
+
+    release_later = threading.Timer(0.5, release.set)  # the second render finishes on its own
+    release_later.start()
+    reply = run_async(scenario())
+    assert reply.status == 200 and reply.body == b"frame" and reply.content_type == "image/png"
+    assert json.loads(reply.headers["X-DMD2-Timings"])["unet"] == 100.0
+
+
+def test_routes_through_aiohttp_when_it_is_installed(fake_host):
+    """The real route handlers on an aiohttp application (aiohttp's own test client), where aiohttp is there."""
+    aiohttp = pytest.importorskip("aiohttp")
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    routes = web.RouteTableDef()
+    original = (host.server_routes, host.queue_busy, host.install_queue_gate)
+    host.server_routes, host.queue_busy, host.install_queue_gate = (lambda: routes), (lambda: False), \
+        (lambda lock: True)
+    try:
+        live.register_routes()
+    finally:
+        host.server_routes, host.queue_busy, host.install_queue_gate = original
+    app = web.Application()
+    app.add_routes(routes)
+
+    async def scenario():
+        async with TestClient(TestServer(app)) as client:
+            bad = await client.post("/dmd2/live/frame", data='{"prompt": "a", "seed": Infinity}')
+            listy = await client.post("/dmd2/live/frame", data='{"prompt": "a", "format": []}')
+            live.DMD2LiveSession().register("model", "clip", "vae", 64, 64, 1)
+            good = await client.post("/dmd2/live/frame", data='{"prompt": "a", "seed": 3}')
+            status = await client.get("/dmd2/live/status")
+            return (bad.status, (await bad.json())["error"], listy.status, good.status,
+                    good.headers["Content-Type"], (await status.json())["ready"])
+
+    bad, message, listy, good, content_type, ready = run_async(scenario())
+    assert (bad, listy, good, content_type, ready) == (400, 400, 200, "image/jpeg", True) and "seed" in message
+    assert aiohttp.__version__

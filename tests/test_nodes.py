@@ -303,7 +303,8 @@ def test_facts_for_plan_choice():
 
 def test_facts_for_a_trainer_exported_file_come_from_its_stamp(tmp_path):
     """A student exported by `python -m distill` (any name) runs on the timesteps stamped in it."""
-    from sampler.models.checkpoints import inspect_file, timesteps_metadata
+    from sampler.models.checkpoints import inspect_file
+    from sampler.models.stamps import timesteps_metadata
 
     path = tmp_path / "my_finetune_student.safetensors"
     save_file({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)}, path,
@@ -328,6 +329,7 @@ def test_loaders_explain_wrong_files(monkeypatch, tmp_path):
     unet = _file(tmp_path, "unet.safetensors", {"conv_in.weight": z(1), "time_embedding.linear_1.weight": z(1)})
     files = {"checkpoint.safetensors": checkpoint, "sd15_lora.safetensors": sd15_lora, "unet.safetensors": unet}
     monkeypatch.setattr(host, "full_path", lambda folder, name: files.get(name))
+    monkeypatch.setattr(host, "folder_paths", lambda folder: [tmp_path])
     with pytest.raises(errors.WrongKindError, match="full checkpoint.*Load Checkpoint"):
         nodes.DMD2UNetLoader().load("checkpoint.safetensors", "default")
     monkeypatch.setattr(host, "model_base", lambda model: "sdxl")
@@ -337,6 +339,28 @@ def test_loaders_explain_wrong_files(monkeypatch, tmp_path):
         nodes.DMD2LoraLoader().load(FakePatcher(), "unet.safetensors", 1.0)
     with pytest.raises(FileNotFoundError, match="refresh"):
         nodes.DMD2LoraLoader().load(FakePatcher(), "gone.safetensors", 1.0)
+
+
+def test_catalog_file_names_are_choices_fetched_on_first_use(monkeypatch, tmp_path):
+    """The example workflows name catalog files by their released names (so ComfyUI's frontend can offer the
+    download): such a value passes ComfyUI's validation while the file is missing and is fetched like its
+    "catalog: <id>" entry; a file of the other kind or an unknown name is refused before anything runs."""
+    unet, lora = nodes.DMD2UNetLoader, nodes.DMD2LoraLoader
+    assert unet.VALIDATE_INPUTS("my_diffusion_models.safetensors") is True  # listed by ComfyUI
+    assert unet.VALIDATE_INPUTS("catalog: dmd2-sdxl-4step-unet-fp16") is True
+    assert unet.VALIDATE_INPUTS("dmd2_sdxl_4step_unet_fp16.safetensors") is True  # not on disk: the catalog's
+    assert unet.VALIDATE_INPUTS("dmd2_sdxl_1step_unet_fp16.converted.safetensors") is True  # a pickle's copy
+    assert lora.VALIDATE_INPUTS("dmd2_sdxl_4step_lora_fp16.safetensors") is True
+    assert "neither a file" in unet.VALIDATE_INPUTS("dmd2_sdxl_4step_lora_fp16.safetensors")  # a LoRA, not a UNet
+    assert "neither a file" in lora.VALIDATE_INPUTS("catalog: dmd2-sdxl-4step-unet-fp16")
+    assert "neither a file" in lora.VALIDATE_INPUTS("gone.safetensors")
+
+    monkeypatch.setattr(host, "full_path", lambda folder, name: None)
+    monkeypatch.setattr(host, "folder_paths", lambda folder: [tmp_path / folder])
+    monkeypatch.setattr(host, "models_dir", lambda: tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the real download path, stopped before the network
+    with pytest.raises(errors.OfflineError, match=r"dmd2_sdxl_4step_unet_fp16\.safetensors.*diffusion_models"):
+        unet().load("dmd2_sdxl_4step_unet_fp16.safetensors", "default")
 
 
 def test_misplaced_unet_in_checkpoints_is_reported(monkeypatch, tmp_path, caplog):
@@ -350,3 +374,32 @@ def test_misplaced_unet_in_checkpoints_is_reported(monkeypatch, tmp_path, caplog
     with caplog.at_level(logging.WARNING, logger="dmd2"):
         assert nodes.warn_misplaced_unets() == [unet.name]
     assert len(caplog.records) == 1 and "models/diffusion_models" in caplog.records[0].getMessage()
+
+
+def test_loaders_report_damaged_and_broken_files_in_the_core_s_words(monkeypatch, tmp_path):
+    """What ComfyUI shows as the node's error is the core's message, the same the command line prints."""
+    import json
+    import os
+
+    inspect_file = importlib.import_module(PACK + ".sampler.models.checkpoints").inspect_file  # the pack's copy
+    good = _file(tmp_path, "u.safetensors", {"conv_in.weight": torch.zeros(2), "time_embedding.linear_1.weight":
+                                             torch.zeros(2)})
+    raw = good.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    header["conv_in.weight"]["data_offsets"] = ["0", "8"]
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
+    os.symlink("loop.safetensors", tmp_path / "loop.safetensors")
+    monkeypatch.setattr(host, "full_path", lambda folder, name: (tmp_path / name) if (tmp_path / name).is_file()
+                        else None)  # as ComfyUI's get_full_path: a link to nothing is not a file
+    monkeypatch.setattr(host, "folder_paths", lambda folder: [tmp_path / "elsewhere", tmp_path])
+    with pytest.raises(errors.CorruptFileError) as err:
+        nodes.DMD2UNetLoader().load("damaged.safetensors", "default")
+    with pytest.raises(errors.CorruptFileError) as same:
+        inspect_file(damaged)
+    assert str(err.value) == str(same.value) and "data_offsets ['0', '8']" in str(err.value)
+    with pytest.raises(errors.ModelNotFoundError, match="loop.safetensors is a symbolic link that loops"):
+        nodes.DMD2UNetLoader().load("loop.safetensors", "default")

@@ -25,6 +25,38 @@ def test_example_workflow_is_current(name):
     assert image.is_file() and image.stat().st_size < 150_000
 
 
+@pytest.mark.parametrize("name", sorted(examples.EXAMPLES))
+def test_thumbnail_for_the_template_browser(name):
+    from PIL import Image
+
+    path = ROOT / "example_workflows" / f"{name}.jpg"  # the frontend asks for /workflow_templates/<pack>/<name>.jpg
+    with Image.open(path) as image:
+        assert image.format == "JPEG" and image.size == (examples.THUMBNAIL, examples.THUMBNAIL)
+    assert path.stat().st_size < 100_000
+
+
+@pytest.mark.parametrize("name", sorted(examples.EXAMPLES))
+def test_every_catalog_file_a_workflow_names_can_be_downloaded_from_it(name):
+    """Each catalog file a node's widgets name is in that node's properties.models, in the shape the frontend's
+    missing-models list reads and downloads: a .safetensors file from huggingface.co, with sha256 and folder."""
+    from sampler.models.catalog import load_catalog
+
+    catalog = {e.filename: e for e in load_catalog()}
+    workflow = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
+    named = 0
+    for node in workflow["nodes"]:
+        files = [catalog[v] for v in node["widgets_values"] if isinstance(v, str) and v in catalog]
+        models = node["properties"].get("models", [])
+        assert [m["name"] for m in models] == [e.filename for e in files], node["type"]
+        for model, entry in zip(models, files):
+            assert model == {"name": entry.filename, "url": entry.url, "hash": entry.sha256, "hash_type": "SHA256",
+                             "directory": entry.comfyui_folder}
+            assert model["url"].startswith("https://huggingface.co/") and model["name"].endswith(".safetensors")
+        named += len(files)
+        assert node["properties"]["cnr_id"] == (examples.PACK_ID if node["type"] in examples.TITLES else "comfy-core")
+    assert named >= 1, "every example loads SDXL base at least"
+
+
 def test_examples_use_dmd2_everywhere():
     files = sorted((ROOT / "example_workflows").glob("*.json"))
     assert [f.stem for f in files] == sorted(examples.EXAMPLES)

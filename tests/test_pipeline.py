@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sampler import TRAINED_TIMESTEPS, timesteps_for
-from sampler.app.pipeline import decode_to_images, generate_latents, pick_device_and_dtype, save_images, sdxl_conditioning
+from sampler.app.pipeline import (decode_to_images, generate_latents, output_paths, pick_device_and_dtype, save_images,
+                                  sdxl_conditioning)
 from sampler.models.tiny import tiny_sdxl_pipeline
 
 SIZE = 64
@@ -52,7 +53,7 @@ def test_decode_and_save(pipe, tmp_path):
     latents = torch.randn(2, 4, SIZE // 8, SIZE // 8)
     images = decode_to_images(pipe.vae, latents)
     assert [im.size for im in images] == [(SIZE, SIZE)] * 2
-    paths = save_images(images, tmp_path / "out" / "img.png")
+    paths = save_images(images, output_paths(tmp_path / "out" / "img.png", len(images)))
     assert [p.name for p in paths] == ["img-0.png", "img-1.png"] and all(p.exists() for p in paths)
 
 

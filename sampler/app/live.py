@@ -1,69 +1,20 @@
-"""Live generation: a prompt in, an image out at interactive rates, with the time of every stage measured.
+"""Live generation on the command line: a prompt in, an image out at interactive rates, every stage timed.
 
 One DMD2 step, text conditioning cached per prompt (typing re-encodes only what changed), and the TAESD tiny decoder
-for frames (the full VAE stays for final images). The command line's `live` mode and the ComfyUI panel use it.
+for frames (the full VAE stays for final images). The scheduling and timing pieces are the core's `sampler/live.py`,
+which the ComfyUI panel shares.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import OrderedDict
-from concurrent.futures import Future
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from ..live import FrameTimings, PromptCache, timed
+from ..models.taesd import decode_tiny
 from .pipeline import decode_to_images, execution_device, generate_latents, sdxl_conditioning, to_pil_images
-from .taesd import decode_tiny
-
-
-class PromptCache:
-    """Conditioning of the most recently used prompts; the text encoders run once per distinct prompt."""
-
-    def __init__(self, encode: Callable[[str], dict[str, Any]], size: int = 32):
-        self.encode, self.size = encode, size
-        self.entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.hits = self.misses = 0
-
-    def __call__(self, prompt: str) -> dict[str, Any]:
-        if prompt in self.entries:
-            self.hits += 1
-            self.entries.move_to_end(prompt)
-            return self.entries[prompt]
-        self.misses += 1
-        cond = self.entries[prompt] = self.encode(prompt)
-        if len(self.entries) > self.size:
-            self.entries.popitem(last=False)
-        return cond
-
-
-@dataclass
-class FrameTimings:
-    """Seconds spent in each stage of one frame."""
-
-    stages: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def total(self) -> float:
-        return sum(self.stages.values())
-
-    def __str__(self) -> str:
-        parts = "  ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in self.stages.items())
-        return f"{parts}  | {self.total * 1000:.1f} ms, {1 / self.total:.1f} fps"
-
-
-@contextmanager
-def timed(timings: FrameTimings, stage: str, device: torch.device) -> Iterator[None]:
-    """Record the wall time of a stage; waits for the GPU so asynchronous kernels are charged to their stage."""
-    start = time.perf_counter()
-    yield
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    timings.stages[stage] = time.perf_counter() - start
 
 
 class LiveSession:
@@ -116,87 +67,3 @@ def run_live_loop(session: LiveSession, prompts: Iterable[str], seed: int, outpu
         mean = FrameTimings({k: sum(f.stages[k] for f in measured) / len(measured) for k in measured[0].stages})
         print(f"mean of {len(measured)} frames after a warm-up: {mean}")
     return frames
-
-
-class Superseded(Exception):
-    """A newer request replaced this one before it finished."""
-
-
-class LatestWins:
-    """One worker thread that renders only the newest request: typing produces many requests, only the last counts.
-
-    `submit(payload)` returns a Future. A request still waiting when a newer one arrives is dropped (its Future raises
-    Superseded); the one being rendered sees its `cancelled()` turn true and stops at its next check (between stages
-    or sampler steps) by raising Superseded. `gate(cancelled)` is entered around each render: a context manager that
-    may wait (e.g. for an idle host queue, see `idle_gate`) and may raise Superseded while waiting.
-    """
-
-    def __init__(self, render: Callable[[Any, Callable[[], bool]], Any],
-                 gate: Callable[[Callable[[], bool]], Any] | None = None, name: str = "dmd2-live"):
-        self.render, self.gate, self.name = render, gate, name
-        self._cond = threading.Condition()
-        self._pending: tuple[int, Any, Future] | None = None
-        self._generation = 0
-        self._thread: threading.Thread | None = None
-
-    def submit(self, payload: Any) -> Future:
-        future: Future = Future()
-        with self._cond:
-            self._generation += 1
-            dropped, self._pending = self._pending, (self._generation, payload, future)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-                self._thread.start()
-            self._cond.notify()
-        if dropped is not None:
-            dropped[2].set_exception(Superseded("a newer request replaced it before it started"))
-        return future
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._pending is None:
-                    self._cond.wait()
-                generation, payload, future = self._pending
-                self._pending = None
-            if not future.set_running_or_notify_cancel():
-                continue
-
-            def cancelled(generation: int = generation) -> bool:
-                return self._generation != generation
-
-            try:
-                with (self.gate(cancelled) if self.gate else nullcontext()):
-                    check_cancelled(cancelled)
-                    result = self.render(payload, cancelled)
-            except BaseException as e:  # noqa: BLE001 - the caller gets every failure through its Future
-                future.set_exception(e)
-            else:
-                future.set_result(result)
-
-
-def check_cancelled(cancelled: Callable[[], bool]) -> None:
-    """Raise Superseded if a newer request has arrived (call between stages and sampler steps)."""
-    if cancelled():
-        raise Superseded("a newer request arrived while this one was rendering")
-
-
-@contextmanager
-def idle_gate(lock: threading.Lock, busy: Callable[[], bool], cancelled: Callable[[], bool],
-              poll: float = 0.05) -> Iterator[None]:
-    """Hold `lock` for one frame, taken only while `busy()` is false; wait (polling) while it is true.
-
-    The host's own worker takes the same lock (briefly) before it starts a job, and its job counts as busy from the
-    moment it is taken off the host queue, so host jobs and frames never overlap and a job waits at most one frame.
-    """
-    while True:
-        lock.acquire()
-        if not busy():
-            break
-        lock.release()
-        check_cancelled(cancelled)
-        time.sleep(poll)
-    try:
-        yield
-    finally:
-        lock.release()

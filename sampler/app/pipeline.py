@@ -6,15 +6,16 @@ LoRA fused in. diffusers is imported lazily so the rest of the core stays torch-
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from ..denoiser import DiffusersDenoiser
-from ..errors import OfflineError, WrongKindError
+from ..errors import OfflineError, WrongKindError, first_line
 from ..models.checkpoints import check_compatible, resolve_model
-from ..models.files import load_state_dict
+from ..models.files import check_output_folder, check_output_path, load_state_dict
 from ..noise import SeededNoise
 from ..plans import DEFAULT_TRAINED
 from ..sampling import sample_dmd2
@@ -26,7 +27,11 @@ VAE_DOWNSCALE = 8
 
 def pick_device_and_dtype(device: str | None = None, dtype: str | None = None) -> tuple[torch.device, torch.dtype]:
     """CUDA with fp16 when available, else CPU with fp32 (CPU half precision is slow and poorly supported)."""
-    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:
+        raise ValueError(f"--device {device!r} is not a device PyTorch knows ({first_line(e)}); use "
+                         f"cuda, cuda:1, cpu, mps, ...") from None
     if dtype is None:
         return chosen, torch.float16 if chosen.type == "cuda" else torch.float32
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -107,14 +112,53 @@ def decode_to_images(vae: torch.nn.Module, latents: torch.Tensor, device: torch.
     return to_pil_images((pixels.float() + 1) / 2)
 
 
-def save_images(images: Sequence, output: Path) -> list[Path]:
-    """Save one image to `output`, or a batch as output-0.png, output-1.png, ...; creates the folder."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    paths = [output] if len(images) == 1 else [output.with_name(f"{output.stem}-{i}{output.suffix}")
-                                               for i in range(len(images))]
-    for image, path in zip(images, paths):
-        image.save(path)
+#: Image formats --output may name (.png first: the default), where this PIL build can write them.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def image_suffixes() -> tuple[str, ...]:
+    """The IMAGE_SUFFIXES this PIL can save (WebP needs libwebp, for one)."""
+    from PIL import Image
+
+    Image.init()
+    formats = Image.registered_extensions()
+    return tuple(ext for ext in IMAGE_SUFFIXES if formats.get(ext) in Image.SAVE)
+
+
+#: Where images go when no --output is given, numbered like ComfyUI's SaveImage: outputs/dmd2_00001_.png, ...
+DEFAULT_OUTPUT_FOLDER, DEFAULT_OUTPUT_PREFIX = Path("outputs"), "dmd2"
+
+
+def numbered_paths(folder: Path, prefix: str, count: int, suffix: str = ".png") -> list[Path]:
+    """`count` new file names <prefix>_NNNNN_<suffix> in `folder`, numbered on from the highest already there
+    (ComfyUI's SaveImage scheme), so a run never replaces an earlier run's images."""
+    check_output_folder(folder)
+    pattern = re.compile(re.escape(prefix) + r"_(\d{5,})_\.\w+")
+    taken = [int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else ()) if (m := pattern.fullmatch(p.name))]
+    start = max(taken, default=0) + 1
+    return [folder / f"{prefix}_{n:05d}_{suffix}" for n in range(start, start + count)]
+
+
+def output_paths(output: Path | None, count: int, overwrite: bool = False) -> list[Path]:
+    """Where `count` images go, checked before any work (OutputPathError): `output` itself for one image,
+    <stem>-0, <stem>-1, ... for several; numbered new files in outputs/ when `output` is None. An existing file is
+    replaced only with `overwrite`."""
+    if output is None:
+        return numbered_paths(DEFAULT_OUTPUT_FOLDER, DEFAULT_OUTPUT_PREFIX, count)
+    paths = [output] if count == 1 else [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
+    for path in paths:
+        check_output_path(path, image_suffixes(), overwrite=overwrite,
+                          exists_hint="choose another --output, leave it out (new numbered files in outputs/), or "
+                                      "pass --overwrite")
     return paths
+
+
+def save_images(images: Sequence, paths: Sequence[Path]) -> list[Path]:
+    """Save images[i] to paths[i], creating folders as needed; returns the paths written."""
+    for image, path in zip(images, paths, strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+    return list(paths)
 
 
 #: The catalog entry whose text encoders and VAE every SDXL DMD2 generator uses.
@@ -136,7 +180,7 @@ def sdxl_from_checkpoint(path: Path, dtype: torch.dtype) -> Any:
     except OSError as e:
         raise OfflineError(f"building the SDXL pipeline from {path} needs the config and tokenizer files of "
                            f"stabilityai/stable-diffusion-xl-base-1.0 from the Hugging Face Hub (fetched once, then "
-                           f"cached), and they could not be read: {str(e).splitlines()[0]}") from None
+                           f"cached), and they could not be read: {first_line(e)}") from None
 
 
 def load_dmd2_sdxl(model: str, models_dir: Path, device: torch.device, dtype: torch.dtype,
@@ -148,7 +192,7 @@ def load_dmd2_sdxl(model: str, models_dir: Path, device: torch.device, dtype: to
     `memory`: how the pipeline goes onto `device` (`memory.plan_for_device`); by default all of it.
     """
 
-    dmd2 = resolve_model(model, models_dir, progress)
+    dmd2 = resolve_model(model, models_dir, progress, kinds=("unet", "lora"), base="sdxl")  # checked before download
     check_compatible(dmd2.info, "lora" if dmd2.info.kind == "lora" else "unet", "sdxl")
     base = resolve_model(SDXL_BASE_ID, models_dir, progress)
     pipe = sdxl_from_checkpoint(base.path, dtype)

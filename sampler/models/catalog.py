@@ -8,6 +8,7 @@ leave the models folder or a repo that is not a Hugging Face repo id is refused 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,13 +60,35 @@ def check_filename(filename: str) -> str:
     return filename
 
 
+def _is_number(value: Any) -> bool:
+    """A JSON number: int or float, finite, and not a bool (in Python True == 1, in a catalog it is a mistake)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value: Any) -> bool:
+    """A positive integer that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 @dataclass(frozen=True)
 class Recommended:
-    """Settings the DMD2 authors recommend: CFG 1 (no guidance) and, for the LoRA, its strength."""
+    """Settings the DMD2 authors recommend: CFG 1 (no guidance) and, for the LoRA, its strength (and the range
+    for community finetunes, low to high)."""
 
     cfg: float = 1.0
     lora_strength: float | None = None
     lora_strength_finetune: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.cfg) or self.cfg < 1:
+            raise CatalogError(f"recommended.cfg must be a number >= 1, got {self.cfg!r}")
+        if self.lora_strength is not None and not (_is_number(self.lora_strength) and self.lora_strength > 0):
+            raise CatalogError(f"recommended.lora_strength must be a number > 0 or absent, got {self.lora_strength!r}")
+        ft = self.lora_strength_finetune
+        if ft is not None and not (isinstance(ft, (tuple, list)) and len(ft) == 2
+                                   and all(_is_number(v) and v > 0 for v in ft) and ft[0] <= ft[1]):
+            raise CatalogError(f"recommended.lora_strength_finetune must be [low, high], two numbers > 0 with "
+                               f"low <= high, or absent; got {ft!r}")
 
 
 @dataclass(frozen=True)
@@ -104,12 +127,25 @@ class Entry:
             raise CatalogError(f"{where}: revision {self.revision!r} is not a commit hash or branch name")
         if not isinstance(self.sha256, str) or not _SHA256.fullmatch(self.sha256):
             raise CatalogError(f"{where}: sha256 must be 64 lower-case hex digits")
-        if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
-            raise CatalogError(f"{where}: size must be a positive number of bytes or null")
-        for field, allowed in (("kind", KINDS), ("base", BASES), ("dtype", DTYPES), ("group", ("dmd2", "companion")),
-                               ("comfyui_folder", COMFYUI_FOLDERS), ("a1111_folder", A1111_FOLDERS + (None,))):
-            if getattr(self, field) not in allowed:
-                raise CatalogError(f"{where}: {field} {getattr(self, field)!r} is not one of {list(allowed)}")
+        if self.size is not None and not _is_count(self.size):
+            raise CatalogError(f"{where}: size must be a positive whole number of bytes or null, got {self.size!r}")
+        for field in ("name", "license"):
+            if not isinstance(getattr(self, field), str) or not getattr(self, field):
+                raise CatalogError(f"{where}: {field} must be a non-empty string, got {getattr(self, field)!r}")
+        if not isinstance(self.notes, str):
+            raise CatalogError(f"{where}: notes must be a string, got {self.notes!r}")
+        if self.steps is not None and not _is_count(self.steps):
+            raise CatalogError(f"{where}: steps must be a positive whole number or null, got {self.steps!r}")
+        if self.recommended is not None and not isinstance(self.recommended, Recommended):
+            raise CatalogError(f"{where}: recommended must be an object or null, got {self.recommended!r}")
+        for field, label, allowed in (
+                ("kind", "kind", KINDS), ("base", "base", BASES), ("dtype", "dtype", DTYPES),
+                ("group", "group", ("dmd2", "companion")), ("plan", "plan", (*TRAINED_TIMESTEPS, None)),
+                ("comfyui_folder", "hosts.comfyui", COMFYUI_FOLDERS),
+                ("a1111_folder", "hosts.a1111", A1111_FOLDERS + (None,))):
+            value = getattr(self, field)
+            if not isinstance(value, (str, type(None))) or value not in allowed:
+                raise CatalogError(f"{where}: {label} {value!r} is not one of {list(allowed)}")
         if self.group == "dmd2":
             if self.plan not in TRAINED_TIMESTEPS:
                 raise CatalogError(f"{where}: a DMD2 file needs a plan, one of {sorted(TRAINED_TIMESTEPS)}; "
@@ -128,6 +164,11 @@ class Entry:
         return TRAINED_TIMESTEPS[self.plan] if self.plan else None
 
     @property
+    def url(self) -> str:
+        """The file's download URL on the Hugging Face Hub, at the pinned revision."""
+        return f"https://huggingface.co/{self.repo}/resolve/{self.revision}/{self.filename}"
+
+    @property
     def is_pickle(self) -> bool:
         """True for .bin/.pt/.pth/.ckpt files, which are converted to .safetensors once their sha256 matched."""
         return self.filename.endswith(PICKLE_SUFFIXES)
@@ -139,7 +180,7 @@ class Entry:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Entry:
-        """Build an entry from one object of models.json, raising CatalogError on missing or unknown keys."""
+        """Build an entry from one object of models.json; CatalogError naming the entry and the field otherwise."""
         if not isinstance(data, dict):
             raise CatalogError(f"catalog entry must be an object, got {type(data).__name__}")
         where = f"catalog entry {data.get('id')!r}"
@@ -153,11 +194,16 @@ class Entry:
             raise CatalogError(f"{where}: hosts must be an object with exactly 'comfyui' and 'a1111'")
         rec = data["recommended"]
         if rec is not None:
-            if not isinstance(rec, dict) or not set(rec) <= {"cfg", "lora_strength", "lora_strength_finetune"}:
-                raise CatalogError(f"{where}: recommended may hold only cfg, lora_strength, lora_strength_finetune")
+            if not isinstance(rec, dict) or "cfg" not in rec or not set(rec) <= {"cfg", "lora_strength",
+                                                                                  "lora_strength_finetune"}:
+                raise CatalogError(f"{where}: recommended must be an object with cfg and optionally lora_strength, "
+                                   f"lora_strength_finetune, got {rec!r}")
             ft = rec.get("lora_strength_finetune")
-            rec = Recommended(cfg=float(rec.get("cfg", 1.0)), lora_strength=rec.get("lora_strength"),
-                              lora_strength_finetune=tuple(ft) if ft is not None else None)
+            try:
+                rec = Recommended(cfg=rec["cfg"], lora_strength=rec.get("lora_strength"),
+                                  lora_strength_finetune=tuple(ft) if isinstance(ft, list) else ft)
+            except CatalogError as e:
+                raise CatalogError(f"{where}: {e}") from None
         fields = {k: v for k, v in data.items() if k not in ("hosts", "recommended")}
         return cls(**fields, recommended=rec, comfyui_folder=hosts["comfyui"], a1111_folder=hosts["a1111"])
 
@@ -214,8 +260,16 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CatalogError(f"model catalog {path} not found: reinstall the pack") from None
-    except json.JSONDecodeError as e:
+    except OSError as e:
+        raise CatalogError(f"model catalog {path} cannot be read ({e.strerror}): reinstall the pack") from None
+    except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
         raise CatalogError(f"model catalog {path} is not valid JSON: {e}") from None
     if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("models"), list):
         raise CatalogError(f"model catalog {path}: expected {{'version': 1, 'models': [...]}}")
-    return Catalog(tuple(Entry.from_json(m) for m in data["models"]))
+    entries = []
+    for i, item in enumerate(data["models"]):
+        try:
+            entries.append(Entry.from_json(item))
+        except CatalogError as e:
+            raise CatalogError(f"model catalog {path}, models[{i}]: {e}") from None
+    return Catalog(tuple(entries))

@@ -14,38 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import BaseMismatchError, CorruptFileError, ModelNotFoundError, UnknownModelError, WrongKindError
-from ..plans import check_trained
+from ..errors import BaseMismatchError, CorruptFileError, UnknownModelError, WrongKindError
 from .catalog import Catalog, Entry, load_catalog
 from .download import ProgressCallback, cached_sha256, check_disk_space, fetch_entry, file_sha256
-from .files import PICKLE_SUFFIXES, TensorSource, is_pickle_file, load_state_dict, read_safetensors_header, write_safetensors
+from .files import (PICKLE_SUFFIXES, TensorSource, check_readable_file, is_pickle_file, load_state_dict,
+                    read_safetensors_header, write_safetensors)
+from .stamps import TRAINED_TIMESTEPS_KEY, timesteps_from_metadata
 
 BASE_LABELS = {"sdxl": "SDXL", "sd15": "SD1.5"}
 #: Text-encoder width each base uses for cross-attention (the in-features of every attn2.to_k).
 _CROSS_ATTENTION_DIM = {2048: "sdxl", 768: "sd15"}
 _LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.", "_lora.down.",
                  "_lora.up.")
-#: safetensors metadata key our trainer stamps into the models it exports: "999,749,499,249", first step first.
-TRAINED_TIMESTEPS_KEY = "dmd2_trained_timesteps"
-
-
-def timesteps_metadata(trained: Sequence[int]) -> dict[str, str]:
-    """The metadata entry that makes our loaders and samplers run an exported generator on `trained`."""
-    return {TRAINED_TIMESTEPS_KEY: ",".join(str(t) for t in check_trained(trained))}
-
-
-def timesteps_from_metadata(metadata: Mapping[str, str], name: str | None = None) -> tuple[int, ...] | None:
-    """Trained timesteps stamped in a file's metadata, None when it has none; a malformed stamp is an error."""
-    raw = metadata.get(TRAINED_TIMESTEPS_KEY)
-    if raw is None:
-        return None
-    try:
-        return check_trained(int(t) for t in raw.split(","))
-    except ValueError as e:
-        raise CorruptFileError(f"{name or 'the file'} has a malformed {TRAINED_TIMESTEPS_KEY} metadata entry "
-                               f"{raw!r}: {e}") from None
-
-
 @dataclass(frozen=True)
 class FileInfo:
     """What a checkpoint holds, read from its keys and shapes.
@@ -210,9 +190,7 @@ def inspect_file(path: Path | str, *, catalog: Catalog | None = None, hash_file:
     The sha256 comes from the folder's hash record (written when the file was downloaded or verified); with
     `hash_file` it is computed when missing (seconds per GB), otherwise recognition falls back to the file name.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelNotFoundError(f"no such file: {path}")
+    path = check_readable_file(path)
     sha256 = file_sha256(path, progress) if hash_file else cached_sha256(path)
     if is_pickle_file(path):
         shapes, metadata = _shapes(load_state_dict(path)), {}
@@ -237,6 +215,10 @@ _KIND_HELP = {
     "vae": ("a VAE", "load it with a VAE loader (ComfyUI: Load VAE, models/vae; A1111: models/VAE)"),
     "taesd": ("a TAESD preview decoder", "put it in ComfyUI's models/vae_approx for previews"),
 }
+
+
+_KIND_NAMES = {"unet": "a UNet", "lora": "a LoRA", "checkpoint": "a full checkpoint", "vae": "a VAE",
+               "taesd": "a TAESD decoder"}
 
 
 def check_compatible(info: FileInfo, expected_kind: str, base: str | None = None) -> None:
@@ -280,24 +262,44 @@ def _converted_copy(entry: Entry, folder: Path) -> Path | None:
     path = folder / entry.converted_filename
     if not path.is_file():
         return None
-    meta = read_safetensors_header(path).get("__metadata__") or {}
+    try:
+        meta = read_safetensors_header(path).get("__metadata__") or {}
+    except CorruptFileError:  # our own derived copy, damaged: made again from the verified source
+        return None
     return path if meta.get("dmd2_source_sha256") == entry.sha256 else None
 
 
+def check_entry_kind(entry: Entry, kinds: Sequence[str], base: str | None = None) -> None:
+    """Raise WrongKindError / BaseMismatchError unless a catalog entry is one of `kinds` for `base`: checked from
+    the catalog alone, before anything is downloaded."""
+    if entry.kind not in kinds:
+        wanted = " or ".join(_KIND_NAMES[k] for k in kinds)
+        raise WrongKindError(f"catalog id {entry.id} is {_KIND_HELP[entry.kind][0]}, but {wanted} is needed here; "
+                             f"nothing was downloaded")
+    if base is not None and entry.base != base:
+        raise BaseMismatchError(f"catalog id {entry.id} is for {BASE_LABELS[entry.base]}, but {BASE_LABELS[base]} "
+                                f"is needed here; nothing was downloaded")
+
+
 def resolve_model(spec: str, models_dir: Path | str, progress: ProgressCallback | None = None, *,
-                  catalog: Catalog | None = None, endpoint: str | None = None) -> ResolvedModel:
+                  catalog: Catalog | None = None, endpoint: str | None = None, kinds: Sequence[str] | None = None,
+                  base: str | None = None) -> ResolvedModel:
     """Turn a model spec into a verified local file: an existing path is inspected; a catalog id is downloaded into
-    models_dir/<ComfyUI folder name> if needed (a pickle entry is converted to .safetensors once)."""
+    models_dir/<ComfyUI folder name> if needed (a pickle entry is converted to .safetensors once).
+
+    `kinds` / `base`: what the caller can use; a catalog id of another kind or base is refused before downloading
+    (a local file is inspected, and its kind checked by the caller with check_compatible)."""
     catalog = catalog or load_catalog()
     path = Path(spec).expanduser()
-    if path.is_file():
-        return ResolvedModel(path=path, info=inspect_file(path, catalog=catalog))
-    if spec not in catalog.ids:
-        if os.sep in spec or "/" in spec or path.suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES:
-            raise ModelNotFoundError(f"no such file: {path}")
+    local = os.path.lexists(path) and not (spec in catalog.ids and path.is_dir())  # a link too, broken or looping
+    if local or spec not in catalog.ids:
+        if local or os.sep in spec or "/" in spec or path.suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES:
+            return ResolvedModel(path=path, info=inspect_file(path, catalog=catalog))  # says why it is unreadable
         raise UnknownModelError(f"{spec!r} is neither a file nor a catalog id; the catalog has: "
                                 f"{', '.join(catalog.ids)}")
     entry = catalog.get(spec)
+    if kinds is not None:
+        check_entry_kind(entry, kinds, base)
     folder = Path(models_dir) / entry.comfyui_folder
     source = None
     if entry.is_pickle:

@@ -8,16 +8,17 @@ be ComfyUI's own models folder; `where` prints where each host expects each file
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
+import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from ..errors import DMD2Error
+from ..plans import TRAINED_TIMESTEPS
 from .catalog import Catalog, Entry, load_catalog
-from .convert import LAYOUTS, convert_lora_file, merge_checkpoint
+from .convert import LAYOUTS, ConversionError, convert_lora_file, merge_checkpoint
+from .files import broken_link, check_output_path
 from .download import (STAGING, cached_sha256, default_models_dir, fetch_entry, target_path, tqdm_progress,
                        verify_file)
 
@@ -38,37 +39,23 @@ def add_models_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Ar
     commands = parser.add_subparsers(dest="models_command", required=True)
 
     p = commands.add_parser("list", parents=[common], help="the catalog, with what is already on disk")
-    p.set_defaults(func=_reporting_errors(_list))
+    p.set_defaults(func=_list)
 
     p = commands.add_parser("download", parents=[common], help="download catalog files and verify their sha256")
     p.add_argument("ids", nargs="*", metavar="ID", help="catalog ids (see `models list`)")
     p.add_argument("--all-dmd2", action="store_true", help="every released DMD2 file")
     p.add_argument("--all", action="store_true", help="every file in the catalog")
-    p.set_defaults(func=_reporting_errors(_download))
+    p.set_defaults(func=_download)
 
     p = commands.add_parser("verify", parents=[common], help="check the sha256 of files on disk")
     p.add_argument("ids", nargs="*", metavar="ID", help="catalog ids (default: every file on disk)")
     p.add_argument("--rehash", action="store_true", help="hash again even if the file was verified before")
-    p.set_defaults(func=_reporting_errors(_verify))
+    p.set_defaults(func=_verify)
 
     p = commands.add_parser("where", parents=[common], help="where ComfyUI and A1111 expect each file")
     p.add_argument("ids", nargs="*", metavar="ID", help="catalog ids (default: all)")
-    p.set_defaults(func=_reporting_errors(_where))
+    p.set_defaults(func=_where)
     return parser
-
-
-def _reporting_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Print our errors (unknown id, bad catalog) as one line and exit 2, instead of a traceback."""
-
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except DMD2Error as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-
-    return run
 
 
 def _models_dir(args: argparse.Namespace) -> Path:
@@ -86,8 +73,11 @@ def _size(entry: Entry) -> str:
 
 
 def _status(entry: Entry, models_dir: Path) -> str:
-    """On-disk state without hashing: verified (recorded sha256 matches), present, partial, or missing."""
+    """On-disk state without hashing: verified (recorded sha256 matches), present, partial, missing, or a broken
+    link (the file, or the models folder, a symlink to nothing or a loop)."""
     path = _path(entry, models_dir)
+    if broken_link(path):
+        return "broken link"
     if path.exists():
         if entry.size is not None and path.stat().st_size != entry.size:
             return "wrong size"
@@ -158,7 +148,8 @@ def _verify(args: argparse.Namespace) -> int:
     for entry in entries:
         path = _path(entry, models_dir)
         if not path.exists():
-            print(f"missing   {entry.id}: {path}")
+            link = broken_link(path)
+            print(f"broken link {entry.id}: {link}" if link else f"missing   {entry.id}: {path}")
             bad += 1
             continue
         try:
@@ -184,6 +175,33 @@ def _where(args: argparse.Namespace) -> int:
     return 0
 
 
+def int_in(low: int, high: int, multiple_of: int = 1) -> Callable[[str], int]:
+    """An argparse type: a whole number in low..high (a multiple of `multiple_of`); argparse names the flag."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high or value % multiple_of:
+            step = f" and a multiple of {multiple_of}" if multiple_of > 1 else ""
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}{step}, got {value}")
+        return value
+
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (float() also accepts 'nan' and 'inf')."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 # --- merge and convert-lora (A1111 / Forge want LDM layout) ---------------------------------------------------------
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -196,15 +214,19 @@ def add_convert_subcommands(subparsers: Any) -> None:
     merge.add_argument("--base", required=True, help="full LDM checkpoint, e.g. sd_xl_base_1.0.safetensors")
     merge.add_argument("--unet", help="DMD2 UNet in diffusers format (.safetensors or .bin)")
     merge.add_argument("--lora", help="DMD2 LoRA to fuse into the UNet weights")
-    merge.add_argument("--lora-strength", type=float, default=1.0)
+    merge.add_argument("--lora-strength", type=finite_float, default=1.0)
     merge.add_argument("--dtype", choices=sorted(_DTYPES), help="cast floating-point tensors (default: keep)")
-    merge.add_argument("--plan", help="stamp this plan (sdxl_4step, sdxl_1step, sd15_1step) instead of detecting it")
+    merge.add_argument("--plan", choices=sorted(TRAINED_TIMESTEPS),
+                       help="stamp this plan instead of detecting it")
     merge.add_argument("--output", "-o", required=True, help="the .safetensors checkpoint to write")
+    merge.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     merge.set_defaults(func=_merge)
     lora = subparsers.add_parser("convert-lora", help="rename a DMD2 LoRA's keys to LDM names A1111 maps fully")
     lora.add_argument("src")
     lora.add_argument("dest")
-    lora.add_argument("--base", default="sdxl", choices=sorted(LAYOUTS))
+    lora.add_argument("--base", choices=sorted(LAYOUTS),
+                      help="the LoRA's base model (default: read from its keys)")
+    lora.add_argument("--overwrite", action="store_true", help="replace dest if it exists")
     lora.set_defaults(func=_convert_lora)
 
 
@@ -223,12 +245,19 @@ def _bar() -> Callable[[int, int], None]:
 
 
 def _merge(args: Any) -> int:
-    path = merge_checkpoint(args.base, args.output, unet=args.unet, lora=args.lora, lora_strength=args.lora_strength,
+    if not args.unet and not args.lora:
+        raise ConversionError("nothing to merge: give --unet, --lora, or both")
+    output = check_output_path(args.output, (".safetensors",), overwrite=args.overwrite,
+                               inputs=(args.base, args.unet, args.lora),
+                               exists_hint="choose another --output or pass --overwrite")
+    path = merge_checkpoint(args.base, output, unet=args.unet, lora=args.lora, lora_strength=args.lora_strength,
                             dtype=_DTYPES.get(args.dtype), plan=args.plan, progress=_bar())
     print(f"wrote {path}")
     return 0
 
 
 def _convert_lora(args: Any) -> int:
-    print(f"wrote {convert_lora_file(args.src, args.dest, args.base)}")
+    dest = check_output_path(args.dest, (".safetensors",), overwrite=args.overwrite, inputs=(args.src,),
+                             exists_hint="choose another name or pass --overwrite")
+    print(f"wrote {convert_lora_file(args.src, dest, args.base)}")
     return 0

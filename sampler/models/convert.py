@@ -39,9 +39,10 @@ import torch
 from ..errors import BaseMismatchError, DMD2Error, WrongKindError
 from ..plans import TRAINED_TIMESTEPS
 from .catalog import load_catalog
-from .checkpoints import _detect, check_compatible, inspect_state_dict
+from .checkpoints import check_compatible, inspect_state_dict
 from .download import cached_sha256
 from .files import LazyFile, TensorSource, write_safetensors
+from .stamps import PLAN_KEY
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
@@ -275,17 +276,20 @@ def merge_checkpoint(base: Path | str, output: Path | str, *, unet: Path | str |
 
     if lora is not None:
         lora_file = LazyFile(lora)
-        kind, lora_base, _ = _detect({k: s for k, (_, s) in lora_file.specs.items()})
-        if kind != "lora":
-            raise WrongKindError(f"{Path(lora).name} is not a LoRA")
-        if lora_base and base_kind and lora_base != base_kind:
-            raise BaseMismatchError(f"{Path(lora).name} is an {lora_base} LoRA but {Path(base).name} is {base_kind}")
+        check_kohya_lora(lora_file, base_kind)
+        non_unet = sorted({k.partition(".")[0] for k in lora_file.specs if not k.startswith("lora_unet_")})
+        if non_unet:
+            raise ConversionError(f"{Path(lora).name} also adapts the text encoders ({len(non_unet)} modules, e.g. "
+                                  f"{non_unet[0]}), which merge does not fuse: merge fuses UNet-only LoRAs such as "
+                                  f"DMD2's; apply this one at run time instead")
         renamed = convert_lora_to_ldm_names({k: k for k in lora_file.specs}, base_kind or "sdxl")
         modules: dict[str, dict[str, str]] = {}
         for new, old in renamed.items():
             m = _LORA_SUFFIX.search(new)
             if m and new.startswith("lora_unet_"):
                 modules.setdefault(new[:m.start()], {})[m.group(1)] = old
+        if not modules:
+            raise ConversionError(f"{Path(lora).name} has no LoRA weights to fuse (no lora_down / lora_up pairs)")
         by_underscore = {k[len(LDM_UNET_PREFIX):-len(".weight")].replace(".", "_"): k
                          for k in unet_keys if k.endswith(".weight")}
         for module, parts in modules.items():
@@ -313,7 +317,7 @@ def merge_checkpoint(base: Path | str, output: Path | str, *, unet: Path | str |
     if lora is not None:
         metadata.update(dmd2_lora=Path(lora).name, dmd2_lora_strength=str(lora_strength))
     if chosen:
-        metadata["dmd2_plan"] = chosen
+        metadata[PLAN_KEY] = chosen
     if progress is not None:
         total, calls = len(sources), iter(range(1, len(sources) + 1))
         sources = {k: TensorSource(v.dtype, v.shape, (lambda v=v: (progress(next(calls), total), v.load())[1]))
@@ -332,15 +336,36 @@ def _as_shapes(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, _Shape]:
     return {k: _Shape(v) for k, v in shapes.items()}
 
 
-def convert_lora_file(src: Path | str, dest: Path | str, base: str = "sdxl") -> Path:
+def check_kohya_lora(lora_file: LazyFile, base: str | None) -> str | None:
+    """The base ("sdxl", "sd15", None when the keys do not say) of a kohya-format LoRA file; WrongKindError for
+    any other kind of file or LoRA layout, BaseMismatchError when it is for another base than `base`."""
+    info = inspect_state_dict(_as_shapes({k: s for k, (_, s) in lora_file.specs.items()}), lora_file.path.name)
+    check_compatible(info, "lora", base)
+    if info.format != "kohya":
+        raise WrongKindError(f"{lora_file.path.name} is a LoRA in {info.format} layout; merging and converting take "
+                             f"kohya-layout LoRAs (lora_unet_... keys), the layout of DMD2's released LoRA")
+    return info.base
+
+
+def convert_lora_file(src: Path | str, dest: Path | str, base: str | None = None) -> Path:
     """Write a copy of a kohya LoRA with LDM module names (see convert_lora_to_ldm_names); metadata is kept and
-    stamped with the DMD2 plan when the source is a released DMD2 LoRA."""
+    stamped with the DMD2 plan when the source is a released DMD2 LoRA.
+
+    `base`: the LoRA's base model; None reads it from the keys (ConversionError when they do not say). A file
+    that is not a kohya LoRA, or a LoRA for another base than `base`, is refused before anything is written."""
     lora_file = LazyFile(src)
+    found = check_kohya_lora(lora_file, base)
+    base = base or found
+    if base is None:
+        raise ConversionError(f"cannot tell from its keys whether {Path(src).name} is an SDXL or an SD1.5 LoRA: "
+                              f"pass --base sdxl or --base sd15")
+    if base not in LAYOUTS:
+        raise BaseMismatchError(f"base must be one of {sorted(LAYOUTS)}, got {base!r}")
     names = convert_lora_to_ldm_names({k: k for k in lora_file.specs}, base)
     metadata = dict(lora_file.metadata)
     entry = load_catalog().by_sha256(cached_sha256(src) or "") or load_catalog().by_filename(Path(src).name)
     if entry is not None and entry.plan:
-        metadata["dmd2_plan"] = entry.plan
+        metadata[PLAN_KEY] = entry.plan
     metadata["dmd2_converted_from"] = Path(src).name
     sources = {new: TensorSource(*lora_file.specs[old], (lambda old=old: lora_file.get(old))) for new, old in names.items()}
     return write_safetensors(dest, sources, metadata)

@@ -65,27 +65,54 @@ def tiny_clip_tokenizer(folder: Path):
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
 
 
-def tiny_sdxl_pipeline(folder: Path):
-    """StableDiffusionXLPipeline whose two text encoders (8 + 8 dims) feed the tiny SDXL UNet; `folder` holds the
-    tokenizer files."""
-    from diffusers import AutoencoderKL, LCMScheduler, StableDiffusionXLPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+def _tiny_text_config(hidden_size: int, projection_dim: int):
+    from transformers import CLIPTextConfig
 
-    def text_config(projection_dim):
-        return CLIPTextConfig(vocab_size=54, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
-                              num_attention_heads=2, max_position_embeddings=16, projection_dim=projection_dim,
-                              bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    return CLIPTextConfig(vocab_size=54, hidden_size=hidden_size, intermediate_size=16, num_hidden_layers=2,
+                          num_attention_heads=2, max_position_embeddings=16, projection_dim=projection_dim,
+                          bos_token_id=0, eos_token_id=1, pad_token_id=1)
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
 
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                         norm_num_groups=4, layers_per_block=1, sample_size=64)
+    return randomize_(vae, seed=3, scale=0.1)
+
+
+def _tiny_scheduler():
+    from diffusers import LCMScheduler
+
+    return LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+def tiny_sdxl_pipeline(folder: Path):
+    """StableDiffusionXLPipeline whose two text encoders (8 + 8 dims) feed the tiny SDXL UNet; `folder` holds the
+    tokenizer files."""
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
     return StableDiffusionXLPipeline(
-        vae=randomize_(vae, seed=3, scale=0.1),
-        text_encoder=randomize_(CLIPTextModel(text_config(8)), seed=4, scale=0.3),
-        text_encoder_2=randomize_(CLIPTextModelWithProjection(text_config(12)), seed=5, scale=0.3),
+        vae=_tiny_vae(),
+        text_encoder=randomize_(CLIPTextModel(_tiny_text_config(8, 8)), seed=4, scale=0.3),
+        text_encoder_2=randomize_(CLIPTextModelWithProjection(_tiny_text_config(8, 12)), seed=5, scale=0.3),
         tokenizer=tiny_clip_tokenizer(folder / "tokenizer"), tokenizer_2=tiny_clip_tokenizer(folder / "tokenizer_2"),
-        unet=tiny_sdxl_unet(),
-        scheduler=LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+        unet=tiny_sdxl_unet(), scheduler=_tiny_scheduler(),
+    )
+
+
+def tiny_sd15_pipeline(folder: Path):
+    """StableDiffusionPipeline whose text encoder (16 dims) feeds the tiny SD1.5 UNet; `folder` holds the tokenizer
+    files. No safety checker."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    return StableDiffusionPipeline(
+        vae=_tiny_vae(), text_encoder=randomize_(CLIPTextModel(_tiny_text_config(16, 16)), seed=4, scale=0.3),
+        tokenizer=tiny_clip_tokenizer(folder / "tokenizer"), unet=tiny_sd15_unet(), scheduler=_tiny_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
 
 

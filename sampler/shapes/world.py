@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..models.checkpoints import timesteps_from_metadata, timesteps_metadata
+from ..models.stamps import timesteps_from_metadata, timesteps_metadata
 from ..models.files import TensorSource, write_safetensors
 from ..errors import DMD2Error, WrongKindError
 from ..noise import batch_seeds

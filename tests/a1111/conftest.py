@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.webui.harness import A1111, host_fixtures
 
-a1111, server = host_fixtures(A1111, "a1111")
+a1111, webui_paths, webui_host, server = host_fixtures(A1111, "a1111")
 
 
 def run_host_probe(root: Path, python: Path, lora_keys: list[str]) -> dict:

@@ -34,7 +34,8 @@ wanted = {"convert_diffusers_name_to_compvis", "re_digits", "re_compiled", "suff
 nodes = [n for n in tree.body if (isinstance(n, ast.FunctionDef) and n.name in wanted) or (
     isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id in wanted for t in n.targets))]
 namespace = {"re": re}
-exec(compile(ast.Module(body=nodes, type_ignores=[]), "networks.py", "exec"), namespace)
+# A1111's own functions, executed from its source (S102: test code, never in the registry zip)
+exec(compile(ast.Module(body=nodes, type_ignores=[]), "networks.py", "exec"), namespace)  # noqa: S102
 convert = namespace["convert_diffusers_name_to_compvis"]
 
 keys = json.loads(sys.stdin.read() or "[]")

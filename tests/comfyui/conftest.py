@@ -10,6 +10,7 @@ random-weight SD1.5 files from random_models.py, cached in $DMD2_E2E_CACHE or ~/
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -20,6 +21,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -107,23 +109,26 @@ def models() -> dict[str, Path]:
     return random_models.build()
 
 
-@pytest.fixture(scope="session")
-def server(comfyui_path, models, tmp_path_factory) -> Server:
-    base = tmp_path_factory.mktemp("comfyui-base")
+@contextlib.contextmanager
+def running_comfyui(comfyui_path: Path, python: str, models: dict[str, Path], base: Path, pack: Path = REPO,
+                    env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A ComfyUI from `comfyui_path` run by `python`, with the pack (`pack`: this checkout, or e.g. the unpacked
+    registry zip), the probe pack and the random models in the throw-away `base` directory, on a free port, with
+    `env` added to its environment; stopped on exit."""
     (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO, target_is_directory=True)
+    (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(pack, target_is_directory=True)
     (base / "custom_nodes" / "dmd2_test_probe").symlink_to(HERE / "dmd2_test_probe", target_is_directory=True)
     for path in models.values():
         link = base / "models" / path.parent.name / path.name
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(path)
     port = _free_port()
-    python = os.environ.get("COMFYUI_PYTHON") or sys.executable
     log = base / "comfyui.log"
     cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base),
            "--database-url", "sqlite:///:memory:", "--disable-api-nodes", "--preview-method", "latent2rgb"]
     with log.open("w") as out:
-        process = subprocess.Popen(cmd, cwd=comfyui_path, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(cmd, cwd=comfyui_path, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})
     srv = Server(process, port, base, log)
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -146,3 +151,13 @@ def server(comfyui_path, models, tmp_path_factory) -> Server:
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def comfyui_python() -> str:
+    return os.environ.get("COMFYUI_PYTHON") or sys.executable
+
+
+@pytest.fixture(scope="session")
+def server(comfyui_path, models, tmp_path_factory) -> Iterator[Server]:
+    with running_comfyui(comfyui_path, comfyui_python(), models, tmp_path_factory.mktemp("comfyui-base")) as srv:
+        yield srv

@@ -1,16 +1,34 @@
-"""Builds the pack's example workflows (example_workflows/*.json, ComfyUI's UI format) and a picture of each graph
+"""Builds the pack's example workflows (example_workflows/*.json, in the UI format ComfyUI's frontend saves), a
+thumbnail of each for the template browser (example_workflows/*.jpg) and a picture of each graph for the README
 (docs/images/*.png). Run `python tests/comfyui/examples.py` after changing a node's inputs; the suite checks the
-committed files (test_examples.py without ComfyUI, test_comfyui_e2e.py against /object_info)."""
+committed files (test_nodes_examples.py without ComfyUI, test_comfyui_e2e.py against /object_info, tests/browser
+for the frontend's missing-models list).
+
+Loader nodes carry `properties.models` ({name, url, hash, hash_type, directory} from models.json) for every catalog
+file their widgets name, so the frontend lists a missing SDXL or DMD2 file with its download link; `properties.cnr_id`
+names the pack of each node (our registry id, or comfy-core), so a frontend without the pack can offer to install it.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from sampler.models.catalog import load_catalog  # noqa: E402
+
 WORKFLOWS = REPO / "example_workflows"
 IMAGES = REPO / "docs" / "images"
-SDXL = "sd_xl_base_1.0.safetensors"
+#: The Comfy Registry id of this pack ([project] name in pyproject.toml; tests/test_publish.py checks they agree).
+PACK_ID = "dmd2-sampler"
+CATALOG = load_catalog()
+SDXL = CATALOG.get("sdxl-base-1.0").filename
+DMD2_LORA = CATALOG.get("dmd2-sdxl-4step-lora-fp16").filename
+DMD2_UNET = CATALOG.get("dmd2-sdxl-4step-unet-fp16").filename
 PROMPT = "a photo of a red fox in fresh snow, golden hour, detailed fur"
 
 #: node type -> (input sockets [(name, type)], output sockets [(name, type)]); widgets come as values.
@@ -37,6 +55,13 @@ TITLES = {"DMD2UNetLoader": "DMD2 Load UNet", "DMD2LoraLoader": "DMD2 LoRA", "DM
           "DMD2Sampler": "DMD2 Sampler", "DMD2KSampler": "DMD2 KSampler"}
 
 
+def model_files(widgets: list) -> list[dict]:
+    """`properties.models` of a node: the catalog files its widget values name (the released .safetensors names:
+    the frontend offers downloads of .safetensors files from huggingface.co only)."""
+    return [{"name": e.filename, "url": e.url, "hash": e.sha256, "hash_type": "SHA256", "directory": e.comfyui_folder}
+            for e in CATALOG if e.filename in widgets]
+
+
 class Workflow:
     def __init__(self, title: str):
         self.title, self.nodes, self.links = title, [], []
@@ -49,7 +74,10 @@ class Workflow:
                 "flags": {}, "order": 0, "mode": 0,
                 "inputs": [{"name": n, "type": t, "link": None} for n, t in ins],
                 "outputs": [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outs)],
-                "properties": {"Node name for S&R": type_}, "widgets_values": widgets}
+                "properties": {"Node name for S&R": type_, "cnr_id": PACK_ID if type_ in TITLES else "comfy-core"},
+                "widgets_values": widgets}
+        if model_files(widgets):
+            node["properties"]["models"] = model_files(widgets)
         if type_ in TITLES:
             node["title"] = TITLES[type_]
         self.nodes.append(node)
@@ -73,7 +101,8 @@ class Workflow:
         for n in self.nodes:
             n["order"] = order[n["id"]]
             n["inputs"] = [s for s in n["inputs"] if s["link"] is not None or s["name"] != "negative"]
-        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+        return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, PACK_ID + "/" + self.title)), "revision": 0,
+                "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
                 "links": self.links, "groups": [], "config": {},
                 "extra": {"dmd2": {"title": self.title}}, "version": 0.4}
 
@@ -99,14 +128,14 @@ def _dmd2_ksampler_txt2img(w: Workflow, model: int, ckpt: int, prefix: str) -> N
 def lora_4step() -> Workflow:
     w = Workflow("SDXL 4-step: DMD2 LoRA on SDXL base")
     ckpt = w.node("CheckpointLoaderSimple", (40, 80), [SDXL])
-    lora = w.node("DMD2LoraLoader", (40, 260), ["catalog: dmd2-sdxl-4step-lora-fp16", 1.0], model=(ckpt, 0))
+    lora = w.node("DMD2LoraLoader", (40, 260), [DMD2_LORA, 1.0], model=(ckpt, 0))
     _dmd2_ksampler_txt2img(w, lora, ckpt, "dmd2_lora_4step")
     return w
 
 
 def unet_4step() -> Workflow:
     w = Workflow("SDXL 4-step: DMD2 UNet, CLIP and VAE from SDXL base")
-    unet = w.node("DMD2UNetLoader", (40, 80), ["catalog: dmd2-sdxl-4step-unet-fp16", "default", "auto"])
+    unet = w.node("DMD2UNetLoader", (40, 80), [DMD2_UNET, "default", "auto"])
     ckpt = w.node("CheckpointLoaderSimple", (40, 260), [SDXL])
     _dmd2_ksampler_txt2img(w, unet, ckpt, "dmd2_unet_4step")
     return w
@@ -114,6 +143,7 @@ def unet_4step() -> Workflow:
 
 def unet_1step() -> Workflow:
     w = Workflow("SDXL 1-step (t=399): DMD2 UNet with SamplerCustom, DMD2 Scheduler and DMD2 Sampler")
+    # Released only as a pickle (.bin), which the frontend does not offer to download: the node fetches and converts it.
     unet = w.node("DMD2UNetLoader", (40, 80), ["catalog: dmd2-sdxl-1step-unet-fp16", "default", "auto"])
     ckpt = w.node("CheckpointLoaderSimple", (40, 260), [SDXL])
     pos = _text(w, ckpt, 400, 80)
@@ -129,7 +159,7 @@ def unet_1step() -> Workflow:
 
 def upscale_2pass() -> Workflow:
     w = Workflow("SDXL 2-pass upscale: 4 steps at 1024, then 1.5x and 2 steps at denoise 0.5 (timesteps 499, 249)")
-    unet = w.node("DMD2UNetLoader", (40, 80), ["catalog: dmd2-sdxl-4step-unet-fp16", "default", "auto"])
+    unet = w.node("DMD2UNetLoader", (40, 80), [DMD2_UNET, "default", "auto"])
     ckpt = w.node("CheckpointLoaderSimple", (40, 260), [SDXL])
     pos = _text(w, ckpt, 400, 80)
     empty = w.node("EmptyLatentImage", (400, 300), [1024, 1024, 1])
@@ -145,7 +175,7 @@ def upscale_2pass() -> Workflow:
 def stock_ksampler() -> Workflow:
     w = Workflow("Stock KSampler with sampler dmd2 and scheduler dmd2 (cfg 1)")
     ckpt = w.node("CheckpointLoaderSimple", (40, 80), [SDXL])
-    lora = w.node("DMD2LoraLoader", (40, 260), ["catalog: dmd2-sdxl-4step-lora-fp16", 1.0], model=(ckpt, 0))
+    lora = w.node("DMD2LoraLoader", (40, 260), [DMD2_LORA, 1.0], model=(ckpt, 0))
     pos = _text(w, ckpt, 400, 80)
     neg = w.node("CLIPTextEncode", (400, 300), [""], clip=(ckpt, 1))
     empty = w.node("EmptyLatentImage", (40, 440), [1024, 1024, 1])
@@ -162,22 +192,32 @@ COLORS = {"MODEL": (180, 160, 255), "CLIP": (255, 210, 80), "VAE": (255, 110, 11
           "LATENT": (255, 130, 200), "IMAGE": (100, 180, 255), "SAMPLER": (120, 230, 160), "SIGMAS": (120, 220, 220)}
 
 
-def render(workflow: dict, path: Path) -> None:
-    """A picture of the graph in ComfyUI's dark style: nodes, sockets, links and widget values."""
-    from PIL import Image, ImageDraw, ImageFont
+BACKGROUND = (32, 32, 34)
+THUMBNAIL = 512  # square: the template browser shows square cards
+
+
+def _fonts(title_size: int, size: int):
+    from PIL import ImageFont
 
     font_dir = Path("/usr/share/fonts/truetype/dejavu")
     try:
-        title_font = ImageFont.truetype(str(font_dir / "DejaVuSans-Bold.ttf"), 15)
-        font = ImageFont.truetype(str(font_dir / "DejaVuSans.ttf"), 13)
+        return (ImageFont.truetype(str(font_dir / "DejaVuSans-Bold.ttf"), title_size),
+                ImageFont.truetype(str(font_dir / "DejaVuSans.ttf"), size))
     except OSError:
-        title_font = font = ImageFont.load_default()
+        return ImageFont.load_default(), ImageFont.load_default()
+
+
+def render(workflow: dict):
+    """A picture of the graph in ComfyUI's dark style (a PIL image): nodes, sockets, links and widget values."""
+    from PIL import Image, ImageDraw
+
+    title_font, font = _fonts(15, 13)
     nodes = {n["id"]: n for n in workflow["nodes"]}
     heights = {i: 34 + 22 * max(len(n["inputs"]), len(n["outputs"])) + 20 * len(n["widgets_values"]) + 8
                for i, n in nodes.items()}
     width = max(n["pos"][0] for n in nodes.values()) + 340
     height = max(n["pos"][1] + heights[i] for i, n in nodes.items()) + 60
-    img = Image.new("RGB", (width, height), (32, 32, 34))
+    img = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(img)
     draw.text((20, 16), workflow["extra"]["dmd2"]["title"], fill=(230, 230, 230), font=title_font)
 
@@ -214,8 +254,32 @@ def render(workflow: dict, path: Path) -> None:
             draw.rounded_rectangle((x + 8, wy - 2, x + 292, wy + 16), 5, fill=(36, 36, 38))
             draw.text((x + 14, wy), text, fill=(210, 210, 210), font=font)
             wy += 20
-    img = img.quantize(colors=64)
-    img.save(path, optimize=True)
+    return img
+
+
+def thumbnail(workflow: dict, graph):
+    """The template browser's square card: the workflow's title in large type over the graph picture, scaled."""
+    from PIL import Image, ImageDraw
+
+    title_font, _ = _fonts(26, 13)
+    card = Image.new("RGB", (THUMBNAIL, THUMBNAIL), BACKGROUND)
+    draw = ImageDraw.Draw(card)
+    lines = [""]
+    for word in workflow["extra"]["dmd2"]["title"].split():
+        joined = f"{lines[-1]} {word}".strip()
+        if draw.textlength(joined, font=title_font) <= THUMBNAIL - 48:
+            lines[-1] = joined
+        else:
+            lines.append(word)
+    y = 24
+    for line in lines:
+        draw.text((24, y), line, fill=(235, 230, 255), font=title_font)
+        y += 34
+    room = (THUMBNAIL - 32, THUMBNAIL - y - 24)
+    scale = min(room[0] / graph.width, room[1] / graph.height)
+    small = graph.resize((round(graph.width * scale), round(graph.height * scale)), Image.LANCZOS)
+    card.paste(small, ((THUMBNAIL - small.width) // 2, y + 8 + (room[1] - small.height) // 2))
+    return card
 
 
 def main() -> None:
@@ -224,8 +288,10 @@ def main() -> None:
     for name, build in EXAMPLES.items():
         data = build().to_json()
         (WORKFLOWS / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
-        render(data, IMAGES / f"{name}.png")
-        print(name, (IMAGES / f"{name}.png").stat().st_size, "bytes")
+        graph = render(data)
+        graph.quantize(colors=64).save(IMAGES / f"{name}.png", optimize=True)
+        thumbnail(data, graph).save(WORKFLOWS / f"{name}.jpg", quality=85, optimize=True)
+        print(name, (IMAGES / f"{name}.png").stat().st_size, (WORKFLOWS / f"{name}.jpg").stat().st_size, "bytes")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def test_live_frames_cache_the_prompt_and_return_images(server):
 
 
 def test_live_frames_decode_with_taesd_when_present(server):
-    from sampler.app.taesd import tiny_decoder
+    from sampler.models.taesd import tiny_decoder
 
     torch.manual_seed(0)
     path = server.base / "models" / "vae_approx" / "taesd_decoder.safetensors"
@@ -107,3 +107,24 @@ def test_live_frame_waits_for_a_running_prompt(server):
     assert code == 200, data[:500]
     assert timings["wait"] >= 1000, timings  # it waited for (most of) the prompt's 3 s
     assert len(g.calls()) == 2 and time.monotonic() >= done_at
+
+
+def test_bad_requests_are_400_and_a_vanished_client_wedges_nothing(server):
+    """Numbers JSON allows but a frame cannot use, and unhashable choices, are 400s naming the field; a client that
+    sends a frame request and disconnects leaves the worker free for the next request."""
+    import socket
+
+    server.run(session_graph())
+    for body, field in (({"prompt": "a", "seed": float("inf")}, "seed"), ({"prompt": "a", "format": []}, "format"),
+                        ({"prompt": "a", "strength": float("nan")}, "strength"),
+                        ({"prompt": "a", "request_id": {"x": 1}}, "request_id")):
+        code, data, _ = frame(server, body)
+        assert code == 400 and field in json.loads(data)["error"], (body, code, data[:300])
+    payload = json.dumps({"prompt": "gone", "seed": 4}).encode()
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            s.sendall(b"POST /dmd2/live/frame HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
+    code, data, timings = frame(server, {"prompt": "still served", "seed": 5, "request_id": 9})
+    assert code == 200, data[:500]
+    assert Image.open(io.BytesIO(data)).size == (64, 64)

@@ -9,4 +9,4 @@ else every test here is skipped, saying why.
 
 from tests.webui.harness import FORGE, host_fixtures
 
-forge, server = host_fixtures(FORGE, "forge")
+forge, webui_paths, webui_host, server = host_fixtures(FORGE, "forge")

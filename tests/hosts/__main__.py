@@ -10,6 +10,7 @@ Hosts land in $DMD2_HOSTS or `hosts/` beside this repository; nothing is written
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -18,10 +19,9 @@ from . import common
 from .specs import HOSTS
 
 
-def _builders():
-    from . import comfyui, webui
-
-    return {"comfyui": comfyui.build, "webui": webui.build}
+def _builder(family: str):
+    """The family's build function (tests/hosts/<family>.py), imported only when that family is built."""
+    return importlib.import_module(f"{__package__}.{family}").build
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,10 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown host(s) {', '.join(unknown)}; known: {', '.join(HOSTS)}")
     if args.command == "build":
-        builders = _builders()
         for name in names:
             spec = HOSTS[name]
-            builders[spec.family](spec, args.dest / name, args.mirrors)
+            _builder(spec.family)(spec, args.dest / name, args.mirrors)
         return 0
     from .matrix import run_matrix
 

@@ -32,16 +32,22 @@ class HostSpec:
         return self.sources[0].commit
 
 
-_A1111_REPOS = (
-    Source("AUTOMATIC1111/stable-diffusion-webui-assets", "6f7db241d2f8ba7457bac5ca9753331f0c266917",
-           "repositories/stable-diffusion-webui-assets"),
-    Source("Stability-AI/generative-models", "45c443b316737a4ab6e40413d7794a7f5657c19f",
-           "repositories/generative-models"),
-    Source("crowsonkb/k-diffusion", "ab527a9a6d347f364e3d185ba6d714e22d80cb3c", "repositories/k-diffusion"),
-    Source("salesforce/BLIP", "48211a1594f1321b00f14c9f7a5b4813144b2fb9", "repositories/BLIP"),
-)
-_STABLE_DIFFUSION = Source("Stability-AI/stablediffusion", "cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf",
-                           "repositories/stable-diffusion-stability-ai")
+_ASSETS = Source("AUTOMATIC1111/stable-diffusion-webui-assets", "6f7db241d2f8ba7457bac5ca9753331f0c266917",
+                 "repositories/stable-diffusion-webui-assets")
+_GENERATIVE_MODELS = Source("Stability-AI/generative-models", "45c443b316737a4ab6e40413d7794a7f5657c19f",
+                            "repositories/generative-models")
+_K_DIFFUSION = Source("crowsonkb/k-diffusion", "ab527a9a6d347f364e3d185ba6d714e22d80cb3c", "repositories/k-diffusion")
+_BLIP = Source("salesforce/BLIP", "48211a1594f1321b00f14c9f7a5b4813144b2fb9", "repositories/BLIP")
+_A1111_REPOS = (_ASSETS, _GENERATIVE_MODELS, _K_DIFFUSION, _BLIP)
+#: Also the source of the shared random-weight SD1.5 checkpoint's LDM layout (webui.random_checkpoint). reForge pins
+#: joypaul162/Stability-AI-stablediffusion f16630a9 (a copy of this repository that cannot be fetched here); this one
+#: is used in its place.
+STABLE_DIFFUSION = Source("Stability-AI/stablediffusion", "cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf",
+                          "repositories/stable-diffusion-stability-ai")
+
+_FORGE = (Source("lllyasviel/stable-diffusion-webui-forge", "dfdcbab6"), _ASSETS,
+          Source("lllyasviel/huggingface_guess", "84826248b49bb7ca754c73293299c4d4e23a548d",
+                 "repositories/huggingface_guess"), _BLIP)
 
 HOSTS: dict[str, HostSpec] = {spec.name: spec for spec in (
     HostSpec("comfyui-0.3.64", "comfyui", "ComfyUI v0.3.64",
@@ -49,6 +55,19 @@ HOSTS: dict[str, HostSpec] = {spec.name: spec for spec in (
     HostSpec("comfyui-0.33.0", "comfyui", "ComfyUI v0.33.0",
              (Source("yzkee/ComfyUI", "2f35f4a0"),), ("tests/comfyui", "tests/browser"), "COMFYUI"),
     HostSpec("a1111-1.10.1", "webui", "A1111 v1.10.1",
-             (Source("mamei16/stable-diffusion-webui", "82a973c0"), _STABLE_DIFFUSION, *_A1111_REPOS),
+             (Source("mamei16/stable-diffusion-webui", "82a973c0"), STABLE_DIFFUSION, *_A1111_REPOS),
              ("tests/a1111",), "A1111"),
+    HostSpec("forge", "webui", "Forge (lllyasviel)", _FORGE, ("tests/forge",), "FORGE"),
+    # Neo's branch cannot be fetched as a tree: its sampler modules (copied from the search tool's index into
+    # <dest>/forge-neo/neo-files, see tests/forge_neo) run inside the Forge build their backend descends from
+    HostSpec("forge-neo", "webui", "Forge Neo (modules only)", _FORGE, ("tests/forge_neo",),
+             "FORGE"),
+    HostSpec("reforge", "webui", "reForge",
+             (Source("Panchovix/stable-diffusion-webui-reForge", "3b56b268"),
+              STABLE_DIFFUSION, *_A1111_REPOS),
+             ("tests/reforge",), "REFORGE"),
+    HostSpec("forge-classic", "webui", "Forge Classic",
+             (Source("Haoming02/sd-webui-forge-classic", "1f95d717"), _ASSETS,
+              STABLE_DIFFUSION, _GENERATIVE_MODELS),
+             ("tests/forge_classic",), "FORGE_CLASSIC"),
 )}

@@ -1,7 +1,8 @@
-"""One harness for the end-to-end tests of both web UIs, A1111 (tests/a1111) and Forge (tests/forge).
+"""One harness for the end-to-end tests of the A1111-family web UIs: A1111 (tests/a1111), Forge (tests/forge),
+reForge (tests/reforge) and Forge Classic (tests/forge_classic); `python -m tests.hosts build NAME` builds each.
 
-A host (A1111 or FORGE below) says how to find its checkout ($<ENV>_PATH, its Python $<ENV>_PYTHON, the checkpoint
-$<ENV>_CKPT), how to launch it headless on CPU and when its API counts as up. `running(host, paths, tmp)` starts it
+A host (A1111, FORGE, REFORGE, FORGE_CLASSIC below) says how to find its checkout ($<ENV>_PATH, its Python
+$<ENV>_PYTHON, the checkpoint $<ENV>_CKPT), how to launch it headless on CPU and when its API counts as up. `running(host, paths, tmp)` starts it
 on a free 127.0.0.1 port with this repository and tests/webui/probe (a test-only extension that logs every UNet call)
 symlinked into its extensions folder, and always stops it and removes the symlinks afterwards.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import itertools
 import json
 import os
 import signal
@@ -26,7 +28,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).resolve().with_name("probe")
-REQUEST_TIMEOUT = 400
+REQUEST_TIMEOUT = 900  # seconds: a CPU shared with other jobs can take minutes per SD1.5 request
+_RUNS = itertools.count()
 
 TXT2IMG = dict(prompt="a photo of a cat", width=64, height=64, cfg_scale=1, seed=1234, sampler_name="DMD2",
                scheduler="DMD2", steps=4)
@@ -44,16 +47,26 @@ class Host:
     # A1111 takes no request before "Startup time" is logged: in web UI mode an early request starts the app and
     # A1111's own add_middleware then fails ("Cannot add middleware after an application has started")
     wait_for_startup_line: bool
+    forge_family: bool = False  # UNet at forge_objects, CFG through a ComfyUI-style sampling_function
+    schedulers: bool = True  # modules.sd_schedulers and /sdapi/v1/schedulers exist
+    unknown_args_ok: bool = False  # lacks some common launch flags: run with IGNORE_CMD_ARGS_ERRORS=1
+    hr_modules: bool = False  # its API wants hr_additional_modules for hires fix (lllyasviel's Forge)
 
     @property
     def is_forge(self) -> bool:
-        return self is FORGE
+        return self.forge_family
 
 
 A1111 = Host("A1111", "A1111", "a real A1111 (stable-diffusion-webui) checkout", ("launch.py", "modules/sd_samplers.py"),
              (), ("--use-cpu", "all", "--no-half", "--no-half-vae", "--precision", "full"), 240, True)
 FORGE = Host("Forge", "FORGE", "a real stable-diffusion-webui-forge checkout", ("launch.py",), ("modules_forge", "backend"),
-             ("--always-cpu",), 300, False)
+             ("--always-cpu",), 300, False, forge_family=True, hr_modules=True)
+REFORGE = Host("reForge", "REFORGE", "a real stable-diffusion-webui-reForge checkout", ("launch.py",),
+               ("modules_forge", "ldm_patched", "k_diff"), ("--always-cpu", "--no-half", "--no-half-vae"), 300, True,
+               forge_family=True)
+FORGE_CLASSIC = Host("Forge Classic", "FORGE_CLASSIC", "a real sd-webui-forge-classic (classic branch) checkout",
+                     ("launch.py",), ("modules_forge", "ldm_patched"), ("--always-cpu",), 300, True,
+                     forge_family=True, schedulers=False, unknown_args_ok=True)
 
 
 def host_paths(host: Host) -> tuple[Path, Path]:
@@ -63,8 +76,7 @@ def host_paths(host: Host) -> tuple[Path, Path]:
         pytest.skip(f"{host.env}_PATH is not set: these tests need {host.wanted}")
     root = Path(path).expanduser().resolve()
     if not all((root / f).is_file() for f in host.files) or not all((root / d).is_dir() for d in host.dirs):
-        pytest.skip(f"{host.env}_PATH={root} is not {'a Forge' if host.is_forge else 'an A1111'} checkout "
-                    f"(no {' / '.join(host.files + host.dirs)})")
+        pytest.skip(f"{host.env}_PATH={root} is not {host.wanted} (no {' / '.join(host.files + host.dirs)})")
     python = Path(os.environ.get(f"{host.env}_PYTHON") or root / "venv" / "bin" / "python")
     if not python.is_file():
         pytest.skip(f"{host.name}'s Python {python} not found: set {host.env}_PYTHON to the interpreter of its venv")
@@ -81,13 +93,10 @@ def checkpoint(host: Host, root: Path) -> Path:
 
 
 def host_env(root: Path) -> dict:
-    """Offline, CPU-only, no pip at run time; HF_HOME=<checkout>/../hf_cache if that exists (this machine's offline
-    tokenizer cache, see /work/hosts/a1111/SETUP.md)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               DO_NOT_TRACK="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", PIP_NO_INDEX="1")
-    if (root.parent / "hf_cache").is_dir() and "HF_HOME" not in os.environ:
-        env["HF_HOME"] = str(root.parent / "hf_cache")
-    return env
+    """Offline, CPU-only, no pip at run time. HF_HOME (an offline cache with the SD1.5 tokenizer) comes from the
+    environment: `python -m tests.hosts build` records it for the hosts that load that tokenizer from the hub."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+                DO_NOT_TRACK="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", PIP_NO_INDEX="1")
 
 
 def free_port() -> int:
@@ -96,23 +105,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pixels(response: dict) -> bytes:
+def pixels(response: dict, index: int = 0) -> bytes:
+    """RGB bytes of image `index` of an API response (PNGs differ in their infotext even when the pixels agree)."""
     from PIL import Image
-    return Image.open(io.BytesIO(base64.b64decode(response["images"][0]))).convert("RGB").tobytes()
+    return Image.open(io.BytesIO(base64.b64decode(response["images"][index]))).convert("RGB").tobytes()
 
 
 class Server:
     def __init__(self, host: Host, url: str, probe_log: Path, proc: subprocess.Popen, log: Path):
         self.host, self.url, self.probe_log, self.proc, self.log = host, url, probe_log, proc, log
         self.samplers: list[dict] = []
+        self._answers: dict[str, tuple] = {}
 
     def get(self, path: str):
         with urllib.request.urlopen(self.url + path, timeout=60) as r:
             return json.load(r)
 
-    def post(self, path: str, body: dict) -> tuple[dict, dict, list[dict]]:
-        """(response, info, UNet calls made for this request); the probe's sampler records (Forge) go to
-        self.samplers."""
+    def post(self, path: str, body: dict, reuse: bool = False) -> tuple[dict, dict, list[dict]]:
+        """(response, info, UNet calls made for this request); the probe's sampler records (Forge family) go to
+        self.samplers. `reuse`: answer a request this server already ran with the same body from its first run
+        (a CPU step of SD1.5 takes seconds: tests that only read a result share it; tests about determinism don't)."""
+        key = json.dumps([path, body], sort_keys=True)
+        if reuse and key in self._answers:
+            answer, self.samplers = self._answers[key]
+            return answer
         self.probe_log.write_text("")
         request = urllib.request.Request(self.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
         try:
@@ -124,7 +140,9 @@ class Server:
         records = [json.loads(line) for line in self.probe_log.read_text().splitlines() if line]
         self.samplers = [r for r in records if "sampler" in r]
         calls = [r for r in records if "sampler" not in r]
-        return response, json.loads(response["info"]), calls
+        answer = response, json.loads(response["info"]), calls
+        self._answers[key] = answer, self.samplers
+        return answer
 
 
 @contextlib.contextmanager
@@ -132,13 +150,15 @@ def running(host: Host, paths: tuple[Path, Path], tmp: Path, ui: bool = False):
     """The host with this repo and the probe extension symlinked in, API up; killed and unlinked afterwards.
     ui=True also starts the web UI (A1111's test_ui)."""
     root, python = paths
-    tag = f"{os.getpid()}"
+    tag = f"{os.getpid()}-{next(_RUNS)}"  # a UI test may run while the module's API server is up
     links = [root / "extensions" / f"dmd2-e2e-{tag}", root / "extensions" / f"dmd2-probe-{tag}"]
     try:
         links[0].symlink_to(ROOT, target_is_directory=True)
         links[1].symlink_to(PROBE, target_is_directory=True)
         port = free_port()
         env = dict(host_env(root), DMD2_PROBE_LOG=str(tmp / "unet_calls.jsonl"))
+        if host.unknown_args_ok:
+            env["IGNORE_CMD_ARGS_ERRORS"] = "1"
         log = tmp / f"{host.name.lower()}.log"
         cmd = [str(python), "launch.py", *([] if ui else ["--nowebui"]), "--api", "--server-name", "127.0.0.1",
                "--port", str(port), "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check",
@@ -179,17 +199,24 @@ def running(host: Host, paths: tuple[Path, Path], tmp: Path, ui: bool = False):
             link.unlink(missing_ok=True)
 
 
-
 def host_fixtures(host: Host, paths_name: str):
-    """The two fixtures a host's conftest.py exports: `<paths_name>` (session: its (checkout, Python), else skipped,
-    saying why) and `server` (module: the host running, see running)."""
+    """The fixtures a host's conftest.py exports: `<paths_name>` and `webui_paths` (session: its (checkout, Python),
+    else skipped, saying why), `webui_host` (the Host) and `server` (module: the host running, see running)."""
     @pytest.fixture(scope="session", name=paths_name)
     def paths():
         return host_paths(host)
+
+    @pytest.fixture(scope="session", name="webui_paths")
+    def webui_paths():
+        return host_paths(host)
+
+    @pytest.fixture(scope="session", name="webui_host")
+    def webui_host():
+        return host
 
     @pytest.fixture(scope="module", name="server")
     def server(request, tmp_path_factory):
         with running(host, request.getfixturevalue(paths_name), tmp_path_factory.mktemp(host.name.lower())) as srv:
             yield srv
 
-    return paths, server
+    return paths, webui_paths, webui_host, server

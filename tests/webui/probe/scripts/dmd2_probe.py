@@ -1,10 +1,11 @@
-"""Test-only extension for A1111 and Forge: records every UNet call (batch size, timesteps, input std) as JSON lines
-in $DMD2_PROBE_LOG, and in Forge also the sampler objects of each sampling pass.
+"""Test-only extension for the A1111-family hosts: records every UNet call (batch size, timesteps, input std, and the
+input and output tensors themselves: the tests use 64x64 images, 256 latent values a row) as JSON lines in
+$DMD2_PROBE_LOG, and in the Forge family also the sampler objects of each sampling pass.
 
 Installed next to the DMD2 extension by the end-to-end tests only (tests/webui/harness.py); it lets them check which
 timesteps the UNet really saw and how many times it was called, independently of the DMD2 code under test.
 - A1111: the UNet is `p.sd_model.model.diffusion_model`, hooked in `process`.
-- Forge: the UNet is the nn.Module at `p.sd_model.forge_objects.unet.model.diffusion_model`, hooked in
+- Forge family (Forge, reForge, Forge Classic, Neo): the UNet is the nn.Module at `p.sd_model.forge_objects.unet.model.diffusion_model`, hooked in
   `process_before_every_sampling`; Forge's KModel.apply_model hands it the timesteps its predictor computed (an
   integer argmin over the sigma table).
 """
@@ -22,15 +23,16 @@ def _write(record):
             f.write(json.dumps(record) + "\n")
 
 
-def _record(module, args, kwargs):
+def _record(module, args, kwargs, output):
     x = args[0] if args else kwargs.get("x")
     t = args[1] if len(args) > 1 else kwargs.get("timesteps")
-    _write({"batch": int(x.shape[0]), "t": [float(v) for v in t.flatten().tolist()], "std": float(x.float().std())})
+    _write({"batch": int(x.shape[0]), "t": [float(v) for v in t.flatten().tolist()], "std": float(x.float().std()),
+            "x": x.float().flatten(1).tolist(), "out": output.float().flatten(1).tolist()})
 
 
 def _hook(unet):
     if not getattr(unet, "_dmd2_probe", False):
-        unet.register_forward_pre_hook(_record, with_kwargs=True)
+        unet.register_forward_hook(_record, with_kwargs=True)
         unet._dmd2_probe = True
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import WrongKindError
+from ..errors import WrongKindError, first_line
 from ..models.files import load_state_dict
 
 WIDTH = 64
@@ -58,7 +58,7 @@ def load_tiny_decoder(path: Path | str, device: torch.device | str = "cpu",
     try:
         decoder.load_state_dict(load_state_dict(path))
     except RuntimeError as e:
-        raise WrongKindError(f"{Path(path).name} is not a TAESD decoder ({str(e).splitlines()[0]}): use the catalog's "
+        raise WrongKindError(f"{Path(path).name} is not a TAESD decoder ({first_line(e)}): use the catalog's "
                              f"taesd / taesdxl entries (taesd_decoder / taesdxl_decoder files)") from None
     return decoder.to(device, dtype).eval()
 
