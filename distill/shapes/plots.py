@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 #: Line colours, in the order runs are given (Tableau 10's first few: distinct in colour and in greyscale).
 PALETTE = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75))
-_MARGIN = (70, 40, 20, 50)  # left, top, right, bottom: room for tick labels, the title and the x label
+_MARGIN = (70, 56, 20, 50)  # left, top, right, bottom: room for tick labels, the title and the x label
 
 
 def _font(size: int = 13) -> ImageFont.ImageFont:
@@ -93,7 +93,7 @@ def line_chart(series: dict[str, tuple[Sequence[float], Sequence[Sequence[float]
         draw.text((legend_x + 30, legend_y), name, fill="black", font=font, anchor="lm")
     draw.text((width / 2, 12), title, fill="black", font=_font(15), anchor="ma")
     draw.text((width / 2, height - 8), x_label, fill="black", font=font, anchor="md")
-    draw.text((8, top - 10), y_label, fill="black", font=font, anchor="ld")
+    draw.text((8, top - 6), y_label, fill="black", font=font, anchor="ld")
     return image
 
 
