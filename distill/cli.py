@@ -227,19 +227,26 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def add_shapes_proof_subcommand(subparsers) -> None:
+    from .shapes.proof import SEEDS
+
     p = subparsers.add_parser(
-        "shapes-proof", help="the small-scale CPU proof: teacher, DMD2 students, ablations, results table",
+        "shapes-proof", help="the small-scale CPU proof: teacher, DMD2 students, ablations, results table, figures",
         description="Train a small teacher on procedural 32x32 coloured shapes, distil it into DMD2 1-step and "
-                    "4-step students and the ablations, and print the README's table (Frechet distance in a shape "
-                    "classifier's feature space, prompt accuracy). Stages are cached in --out.")
+                    "4-step students and the paper's ablations over several seeds, print the README's tables "
+                    "(Frechet distance in a shape classifier's feature space, prompt accuracy, spread of shape size "
+                    "and position) and draw the figures. Stages are cached in --out.")
     p.add_argument("--out", type=Path, default=Path("outputs/shapes-proof"))
-    p.add_argument("--steps", type=int, default=600, help="training steps per student (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=300, help="training steps of a 4-step student (default: %(default)s)")
     p.add_argument("--teacher-steps", type=int, default=2000)
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="training seeds of every student")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="where to train and sample: cpu (default) or cuda")
     p.add_argument("--only", nargs="+", metavar="RUN",
                    help="train only these students (names as in the table), e.g. to split the runs over processes")
+    p.add_argument("--figures", type=Path, help="folder for the PNG figures (default: --out), e.g. docs/images")
     p.add_argument("--ship", action="store_true",
-                   help="copy the 4-step student to sampler/shapes/embedded/, the command line's offline default model")
+                   help="copy the 4-step student of the best seed to sampler/shapes/embedded/, the command line's "
+                        "offline default model")
     p.set_defaults(func=run_shapes_proof)
 
 
@@ -250,17 +257,27 @@ def run_shapes_proof(args: argparse.Namespace) -> int:
 
     from sampler.shapes import EMBEDDED_MODEL
 
-    from .shapes.proof import SHIPPED_RUN, run_proof, slug, table
+    from .shapes.proof import (SHIPPED_RUN, RUNS, aggregate, appearance_table, best_seed, draw_figures, run_proof,
+                               student_file, table)
 
     torch.set_num_threads(args.threads)
-    rows = run_proof(args.out, args.steps, args.teacher_steps, only=args.only)
-    text = table(rows)
+    unknown = set(args.only or ()) - {run.name for run in RUNS}
+    if unknown:
+        raise DMD2Error(f"--only: no student named {', '.join(sorted(unknown))}; the students are "
+                        f"{', '.join(repr(run.name) for run in RUNS)}")
+    results = run_proof(args.out, args.steps, args.teacher_steps, args.seeds, only=args.only, device=args.device)
+    rows = aggregate(results, args.seeds)
+    text = table(rows) + "\n\n" + appearance_table(rows)
     (args.out / "results.md").write_text(text + "\n")
     print(text)
+    for path in draw_figures(results, args.out, args.figures or args.out, args.seeds):
+        print(f"[DMD2] drew {path}")
     if args.ship:
+        seed = best_seed(results, SHIPPED_RUN, args.seeds)
+        run = next(run for run in RUNS if run.name == SHIPPED_RUN)
         EMBEDDED_MODEL.parent.mkdir(exist_ok=True)
-        shutil.copyfile(args.out / f"{slug(SHIPPED_RUN)}.safetensors", EMBEDDED_MODEL)
-        print(f"[DMD2] shipped {SHIPPED_RUN} as {EMBEDDED_MODEL}")
+        shutil.copyfile(student_file(args.out, run, seed), EMBEDDED_MODEL)
+        print(f"[DMD2] shipped {SHIPPED_RUN} (seed {seed}) as {EMBEDDED_MODEL}")
     return 0
 
 

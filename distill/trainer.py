@@ -53,6 +53,7 @@ class DistillConfig:
     gan_generator_weight: float = 5e-3  # 0 and gan_discriminator_weight 0: no GAN
     gan_discriminator_weight: float = 1e-2
     regression_weight: float = 0.0  # DMD v1 regression loss on teacher (noise, image) pairs
+    backward_simulation: bool = True  # False: DMD2's ablation, multi-step inputs are noised real images
     divergence: str = "reverse_kl"  # f-distill weighting: reverse_kl (= DMD2), forward_kl, js
     lora_rank: int | None = None  # None: train the full UNet
     lora_alpha: float | None = None
@@ -109,6 +110,8 @@ class DistillTrainer:
                             "the GAN off (gan weights 0)")
         if config.regression_weight > 0 and data.regression_batch(1, torch.Generator().manual_seed(0)) is None:
             raise DMD2Error("the regression loss needs teacher (noise, image) pairs and this problem has none")
+        if not config.backward_simulation and data.real_batch(1, torch.Generator().manual_seed(0)) is None:
+            raise DMD2Error("training without backward simulation noises real images and this problem has none")
         torch.manual_seed(config.seed)  # the GAN head's and the LoRA's initial weights, the same in every process
         generator = build_generator(teacher, config.lora_rank, config.lora_alpha)  # copies, before any cast
         critic = build_critic(teacher, data.latent_shape if config.uses_gan else None)
@@ -171,6 +174,31 @@ class DistillTrainer:
                                 sigmas, extra_args=cond, disable=True,
                                 noise_sampler=lambda s, s_next: self._randn(n), pure_noise=True)
         return x, sigmas[-1].expand(n)
+
+    @torch.no_grad()
+    def forward_diffused_inputs(self, n: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Without backward simulation (DMD2's ablation, sec. 4.4; official main/sd_unified_model.py:165-199 without
+        --backward_simulation): (x, sigma, prompts) where step k's input is a real image noised to the k-th trained
+        timestep, pure unit-variance noise at the first, k drawn per sample. The multi-step generator then trains on
+        inputs its own rollouts at inference never give it."""
+        trained = self.config.trained_timesteps
+        real, prompts = self.data.real_batch(n, self.rng)
+        k = torch.randint(len(trained), (n,), generator=self.rng)
+        sigma = sigmas_for_timesteps(trained).float()[k].to(self.acc.device)
+        noise = self._randn(n)
+        x = real.to(self.acc.device).float() + sigma.view(-1, *([1] * (noise.ndim - 1))) * noise
+        first = (k == 0).to(self.acc.device)
+        x[first] = pure_noise_input(noise[first], float(sigmas_for_timesteps(trained[:1])[0]))
+        return x, sigma, prompts
+
+    def generator_inputs(self, n: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """(x, sigma, cond) the generator maps to samples this step: backward-simulated from fresh prompts, or (the
+        ablation) forward-diffused real images with their prompts."""
+        if self.config.backward_simulation:
+            cond = self.data.cond(self.data.sample_prompts(n, self.rng))
+            return (*self.simulate_inputs(cond, n), cond)
+        x, sigma, prompts = self.forward_diffused_inputs(n)
+        return x, sigma, self.data.cond(prompts)
 
     # --- updates -------------------------------------------------------------------------------------------------
 
@@ -268,8 +296,7 @@ class DistillTrainer:
         samples and, on every ttur-th step, is updated on them first; then the critic trains on those samples."""
         cfg, n = self.config, self.config.batch_size
         self._set_learning_rates()
-        cond = self.data.cond(self.data.sample_prompts(n, self.rng))
-        x_in, sigma_in = self.simulate_inputs(cond, n)
+        x_in, sigma_in, cond = self.generator_inputs(n)
         if self.step_count % cfg.ttur == 0:
             x, logs = self.generator_update(x_in, sigma_in, cond)
         else:

@@ -353,6 +353,54 @@ def test_backward_simulation_feeds_the_sampler_s_own_rollout():
     assert torch.equal(x, expected)
 
 
+def test_without_backward_simulation_inputs_are_noised_real_images():
+    """DMD2's ablation: the UNet sees sqrt(abar_t) x_real + sqrt(1 - abar_t) noise at a trained timestep t drawn per
+    sample (DDPM's forward process, re-derived here from alphas_cumprod), and the noise itself at the first one."""
+    from sampler.schedule import scaled_linear_alphas_cumprod
+
+    trained = (999, 749, 499)
+    trainer = trainer_for(small_config(trained_timesteps=trained, backward_simulation=False))
+    state = trainer.rng.get_state()
+    x, sigma, prompts = trainer.forward_diffused_inputs(32)
+    trainer.rng.set_state(state)
+    real, real_prompts = trainer.data.real_batch(32, trainer.rng)
+    k = torch.randint(len(trained), (32,), generator=trainer.rng)
+    noise = torch.randn((32, 4, 8, 8), generator=trainer.rng)
+    assert prompts == real_prompts and set(k.tolist()) == {0, 1, 2}
+    abar = scaled_linear_alphas_cumprod()[torch.tensor(trained)[k]].float().view(-1, 1, 1, 1)
+    expected = torch.where((k == 0).view(-1, 1, 1, 1), noise, abar.sqrt() * real + (1 - abar).sqrt() * noise)
+    unet_input = x / (1 + sigma.view(-1, 1, 1, 1) ** 2).sqrt()
+    assert torch.allclose(unet_input, expected, atol=1e-5)
+    logs = list(trainer.train(2, progress=False))
+    assert all(math.isfinite(v) for step in logs for v in step.values())
+    with pytest.raises(DMD2Error, match="noises real images"):
+        DistillTrainer(tiny_sd15_unet(), type("NoReal", (RandomData,), {"real_batch": lambda *a: None})(),
+                       small_config(backward_simulation=False, gan_generator_weight=0, gan_discriminator_weight=0))
+
+
+def test_regression_pretraining_fits_the_pairs_from_pure_noise_at_the_conditioning_timestep():
+    """The pretrained copy's one-step x0 from a pair's noise, re-derived from the UNet's epsilon at t=399 on the raw
+    noise (x0 = (x - sqrt(1 - abar) eps) / sqrt(abar)), moves towards the pair's target; the teacher is untouched."""
+    from distill.pretrain import regression_pretrain
+    from sampler.schedule import scaled_linear_alphas_cumprod
+
+    data, teacher = RandomData(), tiny_sd15_unet()
+    before = params(teacher)
+    noise, target = data.pairs
+    cond = data.cond(["red"] * len(noise))
+    abar = float(scaled_linear_alphas_cumprod()[399])
+
+    def pair_error(unet) -> float:
+        with torch.no_grad():
+            eps = unet(noise, torch.full((len(noise),), 399), **cond, return_dict=False)[0]
+        return float(((noise - (1 - abar) ** 0.5 * eps) / abar**0.5 - target).square().mean())
+
+    student = regression_pretrain(teacher, data, 399, steps=30, batch_size=4, lr=1e-3, progress=False)
+    assert pair_error(student) < 0.8 * pair_error(teacher)
+    assert all(torch.equal(v, before[k]) for k, v in params(teacher).items())
+    assert not any(p.requires_grad for p in student.parameters())
+
+
 # --- export round trip ------------------------------------------------------------------------------------------
 
 
