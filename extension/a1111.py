@@ -44,12 +44,8 @@ def _host() -> dict[str, Any]:
     """The host modules we use, imported lazily (this file is imported by tests without A1111). sd_schedulers is
     None on hosts without it (Forge Classic, A1111 < 1.9)."""
     from modules import sd_samplers, sd_samplers_common, sd_samplers_kdiffusion, shared
-    try:
-        from modules import sd_schedulers
-    except ImportError:
-        sd_schedulers = None
     return {"sd_samplers": sd_samplers, "common": sd_samplers_common, "kdiff": sd_samplers_kdiffusion,
-            "sd_schedulers": sd_schedulers, "shared": shared}
+            "sd_schedulers": host_caps.optional_module("modules.sd_schedulers"), "shared": shared}
 
 
 # --- plan -----------------------------------------------------------------------------------------------------------
@@ -255,7 +251,7 @@ def setup() -> bool:
         register_settings(shared)
     except (AttributeError, ImportError, TypeError) as e:
         log.warning("DMD2: settings not added (%s); the sampler still works with the Automatic plan", e)
-    if host["sd_schedulers"] is not None:
+    if caps.schedulers:
         register_scheduler(host["sd_schedulers"], host["kdiff"])
     register_sampler(host["sd_samplers"], host["common"], build_sampler_class(host["kdiff"], shared, caps))
     try:  # callbacks are cleared on Reload UI before scripts/ runs again, so this never duplicates

@@ -104,7 +104,8 @@ def detect(sd_samplers: ModuleType, kdiff: ModuleType, cfg: ModuleType | None, c
                             hijacked=hijacked, first_noise=first_noise)
 
 
-def _optional(name: str) -> ModuleType | None:
+def optional_module(name: str) -> ModuleType | None:
+    """The host module `name`, or None where this host has none (e.g. modules.sd_schedulers before A1111 1.9)."""
     import importlib
     try:
         return importlib.import_module(name)
@@ -116,9 +117,9 @@ def _optional(name: str) -> ModuleType | None:
 def current() -> HostCapabilities:
     """The running host's capabilities (its modules are imported; call only inside a web UI)."""
     from modules import sd_samplers, sd_samplers_kdiffusion
-    return detect(sd_samplers, sd_samplers_kdiffusion, _optional("modules.sd_samplers_cfg_denoiser"),
-                  _optional("modules.sd_samplers_common"), _optional("modules.sd_schedulers"),
-                  _optional("modules.rng"))
+    return detect(sd_samplers, sd_samplers_kdiffusion, optional_module("modules.sd_samplers_cfg_denoiser"),
+                  optional_module("modules.sd_samplers_common"), optional_module("modules.sd_schedulers"),
+                  optional_module("modules.rng"))
 
 
 def where() -> str:
